@@ -237,15 +237,38 @@ def make_eval_step(method: Method, model: nn.Module, axis_name: Optional[str] = 
   return step_fn
 
 
+def first_replica(x):
+  """Host copy of the first local replica of a pmapped output.
+
+  Works for multi-process pmap too, where outputs span devices of other processes and cannot be
+  converted with ``np.asarray`` (that would block on data this process cannot address).
+  """
+  if isinstance(x, jax.Array):
+    return np.asarray(x.addressable_shards[0].data)[0]
+  return np.asarray(x)[0]
+
+
+def unreplicate(tree):
+  """``flax.jax_utils.unreplicate`` that is safe in multi-process runs (see ``first_replica``)."""
+  return jax.tree.map(lambda x: jnp.asarray(first_replica(x)), tree)
+
+
 def shard(batch, n: int):
   """``[B, ...] -> [n, B/n, ...]`` for pmap; B must be divisible by n."""
   return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
 
 
-def pad_batch(batch, multiple: int):
-  """Pads an eval batch to a multiple of ``multiple`` rows, adding ``weight`` (0 on padding)."""
+def pad_batch(batch, size: int):
+  """Pads an eval batch to exactly ``size`` rows, adding ``weight`` (1 real, 0 padding).
+
+  A fixed size means one compiled eval step (the last, partial batch does not recompile), and in
+  multi-process runs every process runs the same collectives even when its slice of the last
+  global batch is short or empty.
+  """
   b = batch['label'].shape[0]
-  pad = (-b) % multiple
+  if b > size:
+    raise ValueError(f'eval batch of {b} rows exceeds the padded size {size}')
+  pad = size - b
   out = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) if pad else v
          for k, v in batch.items()}
   out['weight'] = np.concatenate([np.ones(b, np.float32), np.zeros(pad, np.float32)])
@@ -317,10 +340,15 @@ def plot_metrics(rows, path: str, title: str = '') -> None:
 def maybe_initialize_distributed(config) -> None:
   """``jax.distributed.initialize`` when a coordinator is configured (multi-host runs)."""
   d = config.get('distributed', None)
-  if d is not None and d.get('coordinator_address', ''):
-    if jax.process_count() == 1 and d.num_processes > 1:
-      jax.distributed.initialize(coordinator_address=d.coordinator_address,
-                                 num_processes=int(d.num_processes), process_id=int(d.process_id))
+  if d is None or not d.get('coordinator_address', '') or int(d.num_processes) <= 1:
+    return
+  if jax.distributed.is_initialized():
+    return
+  # CPU collectives across processes need an implementation (gloo ships with jaxlib); the setting
+  # only affects the CPU client, so it is harmless on GPU/TPU hosts.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=d.coordinator_address,
+                             num_processes=int(d.num_processes), process_id=int(d.process_id))
 
 
 def load_dataset(config, split: str):
@@ -416,14 +444,18 @@ def run(config, workdir: str, method: Optional[Method] = None) -> Dict[str, Any]
   p_train = jax.pmap(make_train_step(method, model, tx), axis_name='batch', donate_argnums=(0,))
   p_eval = jax.pmap(make_eval_step(method, model), axis_name='batch')
   ebs = int(config.dataset.eval_batch_size)
+  if ebs <= 0 or ebs % nproc:
+    raise UserError(f'dataset.eval_batch_size={ebs} must be a positive multiple of the number of '
+                    f'processes ({nproc})')
+  local_eval_rows = -(-(ebs // nproc) // ndev) * ndev
 
   def evaluate(rstate):
     sums = None
     for batch in test_ds.batches(ebs, epoch=0, train=False, drop_remainder=False,
                                  process_index=jax.process_index(), process_count=nproc):
-      out = p_eval(rstate, shard(pad_batch(batch, ndev), ndev))
+      out = p_eval(rstate, shard(pad_batch(batch, local_eval_rows), ndev))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.tree.map(lambda x: float(np.asarray(x)[0]), sums)
+    sums = jax.tree.map(lambda x: float(first_replica(x)), sums)
     return sums['correct'] / sums['count'], sums['loss'] / sums['count']
 
   use_bar = bool(config.get('progress_bar', True)) and is_main
@@ -442,7 +474,7 @@ def run(config, workdir: str, method: Optional[Method] = None) -> Dict[str, Any]
     for batch in batches:
       rstate, m = p_train(rstate, shard(batch, ndev))
       step_metrics.append(m)  # device arrays: no host sync inside the epoch
-    train_m = jax.tree.map(lambda *xs: float(np.mean([np.asarray(x)[0] for x in xs])),
+    train_m = jax.tree.map(lambda *xs: float(np.mean([first_replica(x) for x in xs])),
                            *step_metrics)
     if not all(math.isfinite(v) for v in train_m.values()):
       ckpt.close()
@@ -451,7 +483,7 @@ def run(config, workdir: str, method: Optional[Method] = None) -> Dict[str, Any]
           f'non-finite training metrics at epoch {epoch}: {train_m}. Stopped; the last good '
           f'checkpoint in {workdir}/checkpoints is kept (lower the learning rate and rerun).')
     top1, test_loss = evaluate(rstate)
-    state = jax_utils.unreplicate(rstate)
+    state = unreplicate(rstate)
     seconds = time.time() - t0
     elapsed += seconds
     row = {'epoch': epoch, 'lr': float(schedule(epoch * steps_per_epoch)),
@@ -468,12 +500,15 @@ def run(config, workdir: str, method: Optional[Method] = None) -> Dict[str, Any]
       print(f'epoch {epoch + 1}/{config.num_epochs} loss {row["train_loss"]:.4f} '
             f'train {row["train_top1"]:.4f} test {top1:.4f} ({seconds:.1f}s)', flush=True)
     meta = {'epoch': epoch, 'best_top1': best_top1, 'seconds': elapsed}
+    # Multi-process: orbax cannot serialise process-local device arrays; every process holds the
+    # same replicated values, so save host copies (orbax writes them from the primary process).
+    saved = jax.tree.map(np.asarray, state) if nproc > 1 else state
     if improved:
-      best_ckpt.save(epoch, {'params': state.params, 'batch_stats': state.batch_stats,
-                             'extra': state.extra}, meta)
+      best_ckpt.save(epoch, {'params': saved.params, 'batch_stats': saved.batch_stats,
+                             'extra': saved.extra}, meta)
     last = epoch == config.num_epochs - 1
     if last or (epoch + 1) % max(int(config.get('checkpoint_every_epochs', 1)), 1) == 0:
-      ckpt.save(epoch, state, meta)
+      ckpt.save(epoch, saved, meta)
 
   if not rows:
     raise UserError(f'{workdir} holds a finished run with no metrics.jsonl; use a fresh --workdir')

@@ -21,8 +21,9 @@ class ToyData:
     idx = (np.random.RandomState(1000 + epoch).permutation(self.num_examples) if train
            else np.arange(self.num_examples))
     n = (len(idx) // bs) * bs if drop_remainder else len(idx)
+    per = bs // process_count   # each host takes its slice of every global batch
     for i in range(0, n, bs):
-      j = idx[i:i + bs]
+      j = idx[i:i + bs][process_index * per:(process_index + 1) * per]
       yield {'image': self.x[j], 'label': self.y[j]}
 
 
