@@ -1,0 +1,18 @@
+"""The model zoo: plain linen CNNs configured by per-layer width lists (DESIGN.md, contracts).
+
+    model = get_model('resnet56', num_classes=10)                 # paper-default widths
+    model = get_model('vgg16', 10, widths=[32, 32, 76, ...])      # DCFF compact VGG-16
+    specs = layer_specs('resnet56', input_hw=(32, 32))            # analytic, no tracing
+
+Every model: ``__call__(x [B, H, W, C] float32, train: bool) -> logits [B, num_classes]``; BN
+momentum 0.9 (PyTorch 0.1), eps 1e-5, collection ``batch_stats``; the pooled features are sown as
+``intermediates/features``. Width formats are documented in each model module; widths are plain
+JSON-serialisable ints / lists / dicts. Initialisers: see ``common.models.layers``.
+"""
+from common.models.registry import MODELS, Entry, default_widths, get_model, layer_specs, register
+from common.models.specs import LayerSpec
+# Importing the model modules registers them.
+from common.models import resnet_cifar  # noqa: F401  pylint: disable=unused-import
+
+__all__ = ['MODELS', 'Entry', 'LayerSpec', 'default_widths', 'get_model', 'layer_specs',
+           'register']

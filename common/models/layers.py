@@ -1,0 +1,183 @@
+"""Conv / BN / dense building blocks shared by the model zoo, with PyTorch-faithful defaults.
+
+Why these wrappers exist (spec ``pruning-dcff-1xn-whitebox-jackpot.md`` §0.3, §0.5):
+
+* Padding is always the explicit symmetric PyTorch padding ``k // 2`` (never Flax 'SAME', which
+  pads stride-2 convs asymmetrically ``(0, 1)`` and would break converted torchvision weights).
+* BatchNorm uses momentum 0.9 (= PyTorch 0.1) and eps 1e-5; scale 1, bias 0 (PyTorch default).
+* Initialisers reproduce PyTorch's, because the from-scratch papers (DCFF, White-Box) depend on
+  them; the scheme is chosen by a string so configs can carry it:
+
+  ============================ ======================================= ====================
+  ``init``                     conv kernel                             conv bias
+  ============================ ======================================= ====================
+  ``'pytorch'``                kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(fan_in))  U(+-1/sqrt(fan_in))
+  ``'kaiming_normal_fan_in'``  N(0, 2/fan_in)  (akamaster ResNet-CIFAR) U(+-1/sqrt(fan_in))
+  ``'kaiming_normal_fan_out'`` N(0, 2/fan_out) (torchvision)           0
+  ``'flax'``                   lecun-normal (Flax default)             0
+  ============================ ======================================= ====================
+
+  The classifier (``dense_init``) defaults to what the same PyTorch code does with its Linear:
+  ``'pytorch'`` for 'pytorch' and 'kaiming_normal_fan_out' (torchvision ResNets leave the Linear
+  at its default), ``'kaiming_normal_fan_in'`` for 'kaiming_normal_fan_in' (akamaster's
+  ``_weights_init`` also hits the Linear), lecun-normal for 'flax'. ``'normal_0.01'`` (weight
+  N(0, 0.01), bias 0) is the torchvision VGG / MobileNet-V2 / White-Box VGG classifier init.
+
+  fan_in / fan_out follow PyTorch: ``fan_in = C_in/groups * k * k``, ``fan_out = C_out * k * k``
+  (Flax's variance-scaling on HWIO kernels computes exactly these).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+INITS = ('pytorch', 'kaiming_normal_fan_in', 'kaiming_normal_fan_out', 'flax')
+DENSE_INITS = ('pytorch', 'kaiming_normal_fan_in', 'kaiming_normal_fan_out', 'flax', 'normal_0.01')
+
+BN_MOMENTUM = 0.9   # PyTorch momentum 0.1 (spec §0.3)
+BN_EPS = 1e-5
+
+
+def check_init(init: str, dense_init: Optional[str] = None) -> Tuple[str, str]:
+  """Validates the initialiser names; returns ``(init, resolved dense_init)``."""
+  if init not in INITS:
+    raise ValueError(f'unknown init {init!r}; allowed: {list(INITS)}')
+  if dense_init is None:
+    dense_init = {'pytorch': 'pytorch', 'kaiming_normal_fan_in': 'kaiming_normal_fan_in',
+                  'kaiming_normal_fan_out': 'pytorch', 'flax': 'flax'}[init]
+  if dense_init not in DENSE_INITS:
+    raise ValueError(f'unknown dense_init {dense_init!r}; allowed: {list(DENSE_INITS)}')
+  return init, dense_init
+
+
+def kernel_init(init: str):
+  """Kernel initialiser of a scheme (HWIO conv or ``[in, out]`` dense kernels)."""
+  if init == 'pytorch':
+    # kaiming_uniform(a=sqrt(5)): gain^2 = 2/(1+5) = 1/3 -> bound sqrt(3 * (1/3) / fan_in).
+    return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+  if init == 'kaiming_normal_fan_in':
+    return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+  if init == 'kaiming_normal_fan_out':
+    return nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+  if init == 'flax':
+    return nn.initializers.lecun_normal()
+  if init == 'normal_0.01':
+    return nn.initializers.normal(0.01)
+  raise ValueError(f'unknown init {init!r}; allowed: {list(DENSE_INITS)}')
+
+
+def bias_init(init: str, fan_in: int, *, is_dense: bool = False):
+  """Bias initialiser: PyTorch's U(+-1/sqrt(fan_in)) or zeros (see the module table)."""
+  zero = (init in ('flax', 'normal_0.01')) or (init == 'kaiming_normal_fan_out' and not is_dense)
+  if zero:
+    return nn.initializers.zeros
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init_fn(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init_fn
+
+
+def conv(features: int, kernel: int, *, in_ch: int, stride: int = 1, groups: int = 1,
+         bias: bool = False, init: str = 'pytorch', name: str) -> nn.Conv:
+  """``nn.Conv`` with PyTorch padding ``kernel // 2`` and the scheme's initialisers.
+
+  Args:
+    features: output channels C_out.
+    kernel: square kernel size k.
+    in_ch: input channels C_in (needed for the PyTorch bias bound, fan_in = C_in/groups*k*k).
+    stride, groups: as in PyTorch (``groups = C_in = C_out`` is a depthwise conv).
+    bias: conv bias.
+    init: one of :data:`INITS` (or :data:`DENSE_INITS` for a classifier implemented as a conv).
+    name: module name (the params-tree key).
+  Returns:
+    the module; applied to NHWC ``[B, H, W, C_in]`` it gives ``[B, H', W', C_out]`` with
+    ``H' = (H + 2*(k//2) - k) // stride + 1``.
+  """
+  if in_ch % groups or features % groups:
+    raise ValueError(f'conv {name!r}: in_ch={in_ch} and features={features} must be divisible '
+                     f'by groups={groups}')
+  p = kernel // 2
+  fan_in = in_ch // groups * kernel * kernel
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
+                 feature_group_count=groups, use_bias=bias, kernel_init=kernel_init(init),
+                 bias_init=bias_init(init, fan_in, is_dense=init == 'normal_0.01'), name=name)
+
+
+def batch_norm(train: bool, name: str, axis_name: Optional[str] = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5, scale 1, bias 0).
+
+  Flax stores the *biased* batch variance in ``batch_stats/var``; PyTorch stores the unbiased one
+  (spec §0.3): a ``B*H*W / (B*H*W - 1)`` difference in the running variance only.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
+                      axis_name=axis_name, name=name)
+
+
+def dense(features: int, *, in_ch: int, bias: bool = True, init: str = 'pytorch',
+          name: str) -> nn.Dense:
+  """``nn.Dense`` (PyTorch ``nn.Linear``) with the scheme's initialisers; kernel ``[in, out]``."""
+  return nn.Dense(features, use_bias=bias, kernel_init=kernel_init(init),
+                  bias_init=bias_init(init, in_ch, is_dense=True), name=name)
+
+
+def classifier(feats, num_classes: int, *, as_conv: bool, init: str, name: str = 'fc'):
+  """The final linear layer on pooled features ``[B, C] -> [B, num_classes]`` (with bias).
+
+  ``as_conv=True`` implements it as a 1x1 conv with bias (kernel ``[1, 1, C, K]``), as the 1xN and
+  Lottery-Jackpot code do (spec §2.4, §4.4), so that masks / rearrangement treat it like a conv.
+  """
+  c = feats.shape[-1]
+  if as_conv:
+    y = conv(num_classes, 1, in_ch=c, bias=True, init=init, name=name)(feats[:, None, None, :])
+    return y.reshape(y.shape[0], num_classes)
+  return dense(num_classes, in_ch=c, init=init, name=name)(feats)
+
+
+def global_avg_pool(x):
+  """``[B, H, W, C] -> [B, C]`` (AdaptiveAvgPool2d(1) + flatten)."""
+  return jnp.mean(x, axis=(1, 2))
+
+
+def act_fn(name: str):
+  """'relu' or 'relu6' (MobileNet-V2's activation)."""
+  if name == 'relu':
+    return nn.relu
+  if name == 'relu6':
+    return nn.relu6
+  raise ValueError(f'unknown activation {name!r}; allowed: relu, relu6')
+
+
+def check_int_list(name: str, value, length: Optional[int] = None) -> Tuple[int, ...]:
+  """Validates a list of positive ints (a width list); returns it as a tuple."""
+  if not isinstance(value, (list, tuple)):
+    raise ValueError(f'{name} must be a list of positive ints; got {value!r}')
+  out = []
+  for v in value:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+      raise ValueError(f'{name} must hold positive ints; got {v!r} in {list(value)!r}')
+    out.append(int(v))
+  if length is not None and len(out) != length:
+    raise ValueError(f'{name} must have {length} entries; got {len(out)}: {list(value)!r}')
+  return tuple(out)
+
+
+def check_pos_int(name: str, v) -> int:
+  """Validates one positive int width."""
+  if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+    raise ValueError(f'{name} must be a positive int; got {v!r}')
+  return int(v)
+
+
+def check_keys(model: str, widths, keys: Sequence[str]):
+  """Validates that a dict width config has exactly ``keys``."""
+  if not isinstance(widths, dict):
+    raise ValueError(f'{model} widths must be a dict with keys {list(keys)}; got {widths!r}')
+  if set(widths) != set(keys):
+    raise ValueError(f'{model} widths must have exactly the keys {sorted(keys)}; '
+                     f'got {sorted(widths)}')

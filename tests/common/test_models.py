@@ -1,0 +1,306 @@
+"""Tests of ``common.models``: layer specs == initialised params, closed-form counts, forwards vs
+NumPy references, PyTorch-default initialisers, width validation."""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common import models
+from common.models import layers as L
+from common.models import resnet_cifar
+
+
+def _shrink(w, f=8):
+  """Every width divided by ``f`` (min 1): a tiny but structurally identical config."""
+  if isinstance(w, dict):
+    return {k: _shrink(v, f) for k, v in w.items()}
+  if isinstance(w, list):
+    return [_shrink(v, f) for v in w]
+  if isinstance(w, int) and not isinstance(w, bool):
+    return max(1, w // f)
+  return w
+
+
+def _input_hw(name):
+  return (224, 224) if name in IMAGENET else (32, 32)
+
+
+IMAGENET = {'resnet18', 'resnet34', 'resnet50', 'mobilenet_v1', 'mobilenet_v2'}
+
+
+def _flat(tree, prefix=()):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) or hasattr(v, 'items'):
+      out.update(_flat(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def _abstract_vars(model, hw, capture=False):
+  x = jnp.zeros((2,) + tuple(hw) + (3,), jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  if not capture:
+    return variables, None
+  _, inter = jax.eval_shape(lambda v: model.apply(v, x, train=False, capture_intermediates=True,
+                                                  mutable=['intermediates']), variables)
+  return variables, inter['intermediates']
+
+
+def _check_specs_match(name, widths, hw, num_classes=10):
+  model = models.get_model(name, num_classes, widths=widths)
+  variables, inter = _abstract_vars(model, hw, capture=True)
+  params = _flat(variables['params'])
+  stats = _flat(variables.get('batch_stats', {}))
+  specs = models.layer_specs(name, widths=widths, input_hw=hw, num_classes=num_classes)
+  seen = set()
+  for s in specs:
+    for leaf, shape in s.param_shapes().items():
+      key = tuple(s.path) + (leaf,)
+      assert key in params, f'{name}: spec leaf {key} not in params'
+      assert tuple(params[key].shape) == shape, (name, key, params[key].shape, shape)
+      seen.add(key)
+    if s.kind == 'bn':
+      assert stats[tuple(s.path) + ('mean',)].shape == (s.out_ch,)
+    else:
+      # Output spatial size / channels from the traced forward.
+      out = _flat(inter)[tuple(s.path) + ('__call__',)][0]
+      if s.kind == 'conv':
+        assert out.shape[1:] == tuple(s.out_hw) + (s.out_ch,), (name, s.path, out.shape, s)
+      else:
+        assert out.shape[1:] == (s.out_ch,)
+    if s.bn is not None:
+      bn = [t for t in specs if tuple(t.path) == tuple(s.bn)]
+      assert len(bn) == 1 and bn[0].kind == 'bn' and bn[0].out_ch == s.out_ch
+    if s.depthwise:
+      assert s.groups == s.in_ch == s.out_ch
+  assert seen == set(params), f'{name}: params without spec: {set(params) - seen}'
+  assert sum(s.num_params for s in specs) == sum(int(np.prod(v.shape)) for v in params.values())
+  assert [s.role for s in specs if s.kind != 'bn'][-1] == 'classifier'
+  return specs, params
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_unknown_name_lists_known_models():
+  with pytest.raises(ValueError, match='known models.*resnet20'):
+    models.get_model('resnet21', 10)
+  with pytest.raises(ValueError, match='known models'):
+    models.layer_specs('nope')
+
+
+def test_default_widths_are_json_and_fresh_copies():
+  for name in models.MODELS:
+    w = models.default_widths(name)
+    assert json.loads(json.dumps(w)) == w
+  w = models.default_widths('resnet20')
+  w['stages'][0] = 1
+  assert models.default_widths('resnet20')['stages'][0] == 16
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_specs_match_params_small_widths(name):
+  widths = _shrink(models.default_widths(name))
+  _check_specs_match(name, widths, _input_hw(name) if name not in IMAGENET else (64, 64))
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_specs_match_params_default_widths(name):
+  _check_specs_match(name, None, _input_hw(name))
+
+
+# ------------------------------------------------------------------------------------------------
+# ResNet-CIFAR
+
+
+def _resnet_cifar_params(stem, stages, n, k=10):
+  """Independent closed form: 3x3 convs without bias, BN 2C, Linear with bias."""
+  p = 9 * 3 * stem + 2 * stem
+  cin = stem
+  for c in stages:
+    for _ in range(n):
+      p += 9 * cin * c + 2 * c + 9 * c * c + 2 * c
+      cin = c
+  return p + cin * k + k
+
+
+@pytest.mark.parametrize('depth', [20, 32, 44, 56, 110])
+def test_resnet_cifar_param_counts(depth):
+  specs = models.layer_specs(f'resnet{depth}')
+  n = (depth - 2) // 6
+  assert sum(s.num_params for s in specs) == _resnet_cifar_params(16, (16, 32, 64), n)
+  convs = [s for s in specs if s.kind == 'conv']
+  assert len(convs) == depth - 1    # + fc = depth weighted layers
+
+
+def test_resnet_known_sizes():
+  # He et al. Table 6: ResNet-20 0.27M, ResNet-56 0.85M, ResNet-110 1.7M.
+  assert sum(s.num_params for s in models.layer_specs('resnet20')) == 269722
+  assert round(sum(s.num_params for s in models.layer_specs('resnet56')) / 1e6, 3) == 0.853
+  # Jackpot's wide ResNet-32: conv params 1.844M (spec §4.4).
+  conv = sum(s.num_params for s in models.layer_specs('resnet32_wide')
+             if s.kind == 'conv' and s.role != 'classifier')
+  assert round(conv / 1e6, 3) == 1.844
+
+
+def test_resnet_cifar_roles():
+  specs = [s for s in models.layer_specs('resnet20') if s.kind != 'bn']
+  assert specs[0].role == 'stem' and specs[0].feeds_residual
+  for s in specs[1:-1]:
+    assert s.role == ('inner' if s.path[-1] == 'conv1' else 'block_out')
+    assert s.feeds_residual == (s.role == 'block_out')
+  strides = {s.path[0]: s.stride for s in specs if s.path[-1] == 'conv1' and len(s.path) == 2}
+  assert strides == {f'layer{i}_{b}': (2 if i > 1 and b == 0 else 1)
+                     for i in (1, 2, 3) for b in range(3)}
+
+
+def test_option_a_shortcut_matches_numpy():
+  x = np.random.RandomState(0).randn(2, 6, 6, 3).astype(np.float32)
+  y = np.asarray(resnet_cifar.option_a_shortcut(jnp.asarray(x), 8, 2))
+  ref = np.zeros((2, 3, 3, 8), np.float32)
+  ref[..., 2:5] = x[:, ::2, ::2, :]       # left = (8 - 3) // 2 = 2, right = 3
+  np.testing.assert_array_equal(y, ref)
+  y1 = np.asarray(resnet_cifar.option_a_shortcut(jnp.asarray(x), 4, 1))
+  np.testing.assert_array_equal(y1[..., 0:0], x[..., 0:0])
+  np.testing.assert_array_equal(y1[..., :3], x)       # left = 0, right = 1
+  np.testing.assert_array_equal(y1[..., 3], 0)
+
+
+def test_resnet_cifar_bad_widths():
+  with pytest.raises(ValueError, match='depth 20'):
+    models.get_model('resnet20', 10, widths=resnet_cifar.uniform_widths(32))
+  w = models.default_widths('resnet20')
+  w['stages'] = [16, 8, 64]
+  with pytest.raises(ValueError, match='option-A'):
+    models.get_model('resnet20', 10, widths=w)
+  w = models.default_widths('resnet20')
+  w['inner'][1][0] = 0
+  with pytest.raises(ValueError, match='positive'):
+    models.get_model('resnet20', 10, widths=w)
+  with pytest.raises(ValueError, match='keys'):
+    models.get_model('resnet20', 10, widths={'stages': [16, 32, 64]})
+  with pytest.raises(ValueError, match='init'):
+    models.get_model('resnet20', 10, init='xavier')
+
+
+# ------------------------------------------------------------------------------------------------
+# NumPy references of the forward pass
+
+
+def np_conv(x, k, stride=1, groups=1, bias=None):
+  """NHWC conv with PyTorch padding k//2, kernel HWIO; naive loops over the kernel window."""
+  kh, kw, cig, co = k.shape
+  p = kh // 2
+  xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  h = (x.shape[1] + 2 * p - kh) // stride + 1
+  w = (x.shape[2] + 2 * p - kw) // stride + 1
+  out = np.zeros((x.shape[0], h, w, co), np.float64)
+  cog = co // groups
+  for g in range(groups):
+    xi = xp[..., g * cig:(g + 1) * cig]
+    for i in range(kh):
+      for j in range(kw):
+        patch = xi[:, i:i + stride * h:stride, j:j + stride * w:stride, :]
+        out[..., g * cog:(g + 1) * cog] += patch @ k[i, j, :, g * cog:(g + 1) * cog]
+  return out if bias is None else out + bias
+
+
+def np_bn(x, p, s, eps=1e-5):
+  return (x - s['mean']) / np.sqrt(s['var'] + eps) * p['scale'] + p['bias']
+
+
+def _randomise(variables, seed=0):
+  """Random BN statistics / affine so that eval-mode BN is not the identity."""
+  r = np.random.RandomState(seed)
+  out = jax.tree.map(np.asarray, variables)
+  def fill(tree, key):
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        fill(v, key)
+      elif k == 'var':
+        tree[k] = r.uniform(0.5, 2.0, v.shape).astype(np.float32)
+      elif k in ('mean', 'scale') or (k == 'bias' and key == 'bs'):
+        tree[k] = r.uniform(-0.5, 1.5, v.shape).astype(np.float32)
+  fill(out['batch_stats'], 'bs')
+  return jax.tree.map(np.asarray, out)
+
+
+def test_resnet_cifar_forward_matches_numpy():
+  # Two stages; stage 2 pads 4 -> 7 channels (odd: left 1, right 2).
+  model = resnet_cifar.ResNetCifar(num_classes=3, stem=3, stages=(4, 7), inner=((2,), (5,)))
+  x = np.random.RandomState(1).randn(2, 8, 8, 3).astype(np.float32)
+  v = _randomise(model.init(jax.random.PRNGKey(0), x, train=False))
+  y = np.asarray(model.apply(v, x, train=False))
+  P, S = v['params'], v['batch_stats']
+  relu = lambda t: np.maximum(t, 0)
+  h = relu(np_bn(np_conv(x, P['conv1']['kernel']), P['bn1'], S['bn1']))
+  for name, stride, out in (('layer1_0', 1, 4), ('layer2_0', 2, 7)):
+    p, s = P[name], S[name]
+    t = relu(np_bn(np_conv(h, p['conv1']['kernel'], stride), p['bn1'], s['bn1']))
+    t = np_bn(np_conv(t, p['conv2']['kernel']), p['bn2'], s['bn2'])
+    sc = h[:, ::stride, ::stride, :]
+    left = (out - h.shape[-1]) // 2
+    sc = np.pad(sc, ((0, 0), (0, 0), (0, 0), (left, out - h.shape[-1] - left)))
+    h = relu(t + sc)
+  ref = h.mean((1, 2)) @ P['fc']['kernel'] + P['fc']['bias']
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_features_are_sown_and_train_mode_updates_stats():
+  model = models.get_model('resnet8', 4, widths=_shrink(models.default_widths('resnet8'), 4))
+  x = np.random.RandomState(0).randn(3, 8, 8, 3).astype(np.float32)
+  v = model.init(jax.random.PRNGKey(0), x, train=False)
+  logits, state = model.apply(v, x, train=True, mutable=['batch_stats', 'intermediates'])
+  assert logits.shape == (3, 4)
+  assert state['intermediates']['features'][0].shape == (3, 16)
+  mean = np.asarray(state['batch_stats']['bn1']['mean'])
+  assert not np.allclose(mean, 0)   # momentum 0.9: new = 0.1 * batch mean
+  h = np_conv(x, np.asarray(v['params']['conv1']['kernel']))
+  np.testing.assert_allclose(mean, 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisers
+
+
+@pytest.fixture(scope='module')
+def big_kernels():
+  """Kernels of one conv (3x3, 64 -> 128, fan_in 576, fan_out 1152) under every scheme."""
+  out = {}
+  for init in L.INITS:
+    c = L.conv(128, 3, in_ch=64, bias=True, init=init, name='c')
+    out[init] = c.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 64)))['params']
+  return out
+
+
+def test_pytorch_default_init(big_kernels):
+  k = np.asarray(big_kernels['pytorch']['kernel'])
+  b = np.asarray(big_kernels['pytorch']['bias'])
+  bound = 1 / math.sqrt(576)          # kaiming_uniform(a=sqrt 5) bound = 1/sqrt(fan_in)
+  assert np.abs(k).max() <= bound and np.abs(k).max() > 0.99 * bound
+  assert abs(k.std() - bound / math.sqrt(3)) < 0.02 * bound
+  assert np.abs(b).max() <= bound and b.std() > 0.4 * bound
+
+
+def test_kaiming_normal_inits(big_kernels):
+  k_in = np.asarray(big_kernels['kaiming_normal_fan_in']['kernel'])
+  k_out = np.asarray(big_kernels['kaiming_normal_fan_out']['kernel'])
+  assert abs(k_in.std() / math.sqrt(2 / 576) - 1) < 0.02
+  assert abs(k_out.std() / math.sqrt(2 / 1152) - 1) < 0.02
+  assert np.abs(k_in).max() > 3.5 * math.sqrt(2 / 576)    # untruncated normal, as torch
+  assert np.all(np.asarray(big_kernels['kaiming_normal_fan_out']['bias']) == 0)
+
+
+def test_dense_init_defaults():
+  assert L.check_init('kaiming_normal_fan_out') == ('kaiming_normal_fan_out', 'pytorch')
+  assert L.check_init('kaiming_normal_fan_in') == ('kaiming_normal_fan_in', 'kaiming_normal_fan_in')
+  d = L.dense(100, in_ch=400, init='normal_0.01', name='d').init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 400)))['params']
+  assert abs(np.asarray(d['kernel']).std() - 0.01) < 0.0005
+  assert np.all(np.asarray(d['bias']) == 0)
