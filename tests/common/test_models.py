@@ -304,3 +304,56 @@ def test_dense_init_defaults():
       jax.random.PRNGKey(0), jnp.zeros((1, 400)))['params']
   assert abs(np.asarray(d['kernel']).std() - 0.01) < 0.0005
   assert np.all(np.asarray(d['bias']) == 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# VGG
+
+
+def _vgg_params(widths, k=10, bias=True, fc_bias=True):
+  p, cin = 0, 3
+  for w in widths:
+    p += 9 * cin * w + (w if bias else 0) + 2 * w
+    cin = w
+  return p + cin * k + (k if fc_bias else 0)
+
+
+def test_vgg_param_counts():
+  v16 = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+  assert sum(s.num_params for s in models.layer_specs('vgg16')) == _vgg_params(v16)
+  assert round(_vgg_params(v16) / 1e6, 2) == 14.73          # spec §0.1
+  v19 = [64, 64, 128, 128, 256, 256, 256, 256] + [512] * 8
+  specs = models.layer_specs('vgg19', conv_bias=False, classifier_as_conv=True)
+  assert sum(s.num_params for s in specs) == _vgg_params(v19, bias=False)
+  conv = sum(s.num_params for s in specs if s.kind == 'conv' and s.role != 'classifier')
+  assert round(conv / 1e6, 2) == 20.02                       # Jackpot conv params, spec §4.4
+  assert specs[-1].kind == 'conv' and specs[-1].param_shapes()['kernel'] == (1, 1, 512, 10)
+  dcff = [32, 32, 76, 76, 166, 166, 166, 76, 76, 76, 76, 76, 76]
+  assert sum(s.num_params for s in models.layer_specs('vgg16', widths=dcff)) == _vgg_params(dcff)
+
+
+def test_vgg_pools_and_bad_widths():
+  specs = [s for s in models.layer_specs('vgg16') if s.kind == 'conv']
+  assert [s.in_hw[0] for s in specs] == [32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2]
+  assert models.layer_specs('vgg16')[-1].pool_in_hw == (1, 1)
+  with pytest.raises(ValueError, match='13 entries'):
+    models.get_model('vgg16', 10, widths=[64] * 12)
+  with pytest.raises(ValueError, match='pools'):
+    models.get_model('vgg_tiny', 10, widths=[4, 4], pools=[2])
+
+
+def test_vgg_forward_matches_numpy():
+  model = models.get_model('vgg_tiny', 3, widths=[2, 3, 4], pools=[0, 2], classifier_as_conv=True)
+  x = np.random.RandomState(2).randn(2, 8, 8, 3).astype(np.float32)
+  v = _randomise(model.init(jax.random.PRNGKey(1), x, train=False))
+  y = np.asarray(model.apply(v, x, train=False))
+  P, S = v['params'], v['batch_stats']
+  h = x.astype(np.float64)
+  for i in range(3):
+    c = P[f'conv{i}']
+    h = np.maximum(np_bn(np_conv(h, c['kernel'], bias=c['bias']), P[f'bn{i}'], S[f'bn{i}']), 0)
+    if i in (0, 2):
+      b, hh, ww, ch = h.shape
+      h = h.reshape(b, hh // 2, 2, ww // 2, 2, ch).max((2, 4))
+  ref = h.mean((1, 2)) @ P['fc']['kernel'][0, 0] + P['fc']['bias']
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
