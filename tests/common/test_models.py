@@ -357,3 +357,102 @@ def test_vgg_forward_matches_numpy():
       h = h.reshape(b, hh // 2, 2, ww // 2, 2, ch).max((2, 4))
   ref = h.mean((1, 2)) @ P['fc']['kernel'][0, 0] + P['fc']['bias']
   np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# MobileNets
+
+
+def test_mobilenet_reference_param_counts():
+  # torchvision mobilenet_v2(): 3,504,872 params; MobileNet-V1 1.0-224: 4,231,976.
+  assert sum(s.num_params for s in models.layer_specs('mobilenet_v2', num_classes=1000)) == 3504872
+  assert sum(s.num_params for s in models.layer_specs('mobilenet_v1', num_classes=1000)) == 4231976
+  # 1xN: 13 pointwise + classifier 1x1 conv masked; MobileNet-V2: 35 masked (spec §2.4).
+  v1 = models.layer_specs('mobilenet_v1', num_classes=1000, classifier_as_conv=True)
+  assert len([s for s in v1 if s.kind == 'conv' and s.role in ('pointwise', 'classifier')]) == 14
+  v2 = models.layer_specs('mobilenet_v2', num_classes=1000, classifier_as_conv=True)
+  masked = [s for s in v2 if s.kind == 'conv' and s.role not in ('stem', 'depthwise')]
+  assert len(masked) == 35
+  assert [s.path[0] for s in masked[:3]] == ['block0', 'block1', 'block1']
+
+
+def test_mobilenet_v2_residual_roles():
+  specs = [s for s in models.layer_specs('mobilenet_v2') if s.kind == 'conv']
+  proj = {s.path[0]: s.feeds_residual for s in specs if s.role == 'project'}
+  # Identity residuals (stride 1, equal widths) at blocks 2, 4, 5, 7-9, 11, 12, 14, 15; a
+  # projection feeds the sum if its block adds or the next block adds its output as identity.
+  res = {2, 4, 5, 7, 8, 9, 11, 12, 14, 15}
+  assert proj == {f'block{i}': (i in res or i + 1 in res) for i in range(17)}
+  assert not specs[0].feeds_residual
+  assert all(s.depthwise == (s.role == 'depthwise') for s in specs)
+  hw = {s.path[0]: s.out_hw for s in specs if s.role == 'depthwise'}
+  assert hw['block0'] == (16, 16) and hw['block16'] == (1, 1)   # 32x32 input, stride 32
+  cifar = [s for s in models.layer_specs('mobilenet_v2_cifar') if s.kind == 'conv']
+  short = [s.path[0] for s in cifar if s.role == 'shortcut']
+  # White-Box CIFAR variant: 1x1 conv shortcut when stride 1 and widths differ.
+  assert short == ['block0', 'block1', 'block3', 'block10', 'block16']
+  assert [s.out_hw for s in cifar if s.path == ('conv_last',)] == [(8, 8)]
+  with pytest.raises(ValueError, match='hidden'):
+    w = models.default_widths('mobilenet_v2')
+    w['hidden'][0] = 16
+    models.get_model('mobilenet_v2', 10, widths=w)
+  with pytest.raises(ValueError, match='explicit strides'):
+    models.get_model('mobilenet_v2', 10, widths={'stem': 8, 'hidden': [8], 'out': [8],
+                                                  'last': 8})
+
+
+def _np_mbv2(v, x, variant, strides, stem_stride, act):
+  P, S = v['params'], v['batch_stats']
+  bn = lambda t, n, blk=None: np_bn(t, (P[blk] if blk else P)[n], (S[blk] if blk else S)[n])
+  h = act(bn(np_conv(x, P['conv1']['kernel'], stem_stride), 'bn1'))
+  for i, s in enumerate(strides):
+    blk, p = f'block{i}', P[f'block{i}']
+    t = h
+    if 'expand_conv' in p:
+      t = act(bn(np_conv(t, p['expand_conv']['kernel']), 'expand_bn', blk))
+    k = p['dw_conv']['kernel']
+    t = act(bn(np_conv(t, k, s, groups=k.shape[-1]), 'dw_bn', blk))
+    t = bn(np_conv(t, p['project_conv']['kernel']), 'project_bn', blk)
+    if s == 1 and h.shape[-1] == t.shape[-1]:
+      t = t + h
+    elif s == 1 and variant == 'cifar':
+      t = t + bn(np_conv(h, p['shortcut_conv']['kernel']), 'shortcut_bn', blk)
+    h = t
+  h = act(bn(np_conv(h, P['conv_last']['kernel']), 'bn_last'))
+  return h.mean((1, 2)) @ P['fc']['kernel'] + P['fc']['bias']
+
+
+@pytest.mark.parametrize('variant', ['imagenet', 'cifar'])
+def test_mobilenet_v2_forward_matches_numpy(variant):
+  name = 'mobilenet_v2' if variant == 'imagenet' else 'mobilenet_v2_cifar'
+  widths = {'stem': 4, 'hidden': [4, 6, 9], 'out': [3, 5, 5], 'last': 7}
+  strides = [1, 2, 1]
+  model = models.get_model(name, 3, widths=widths, strides=strides, act='relu6')
+  x = 3 * np.random.RandomState(3).randn(2, 8, 8, 3).astype(np.float32)
+  v = _randomise(model.init(jax.random.PRNGKey(2), x, train=False))
+  y = np.asarray(model.apply(v, x, train=False))
+  ref = _np_mbv2(v, x, variant, strides, 2 if variant == 'imagenet' else 1,
+                 lambda t: np.clip(t, 0, 6))
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+  assert ('expand_conv' in v['params']['block0']) == (variant == 'cifar')
+
+
+def test_mobilenet_v1_forward_matches_numpy():
+  model = models.get_model('mobilenet_v1_tiny', 3, widths=[4, 5, 6], strides=[2, 1],
+                           pointwise_bias=True, classifier_as_conv=True)
+  x = np.random.RandomState(4).randn(2, 8, 8, 3).astype(np.float32)
+  v = _randomise(model.init(jax.random.PRNGKey(3), x, train=False))
+  v = jax.tree.map(np.asarray, v)
+  v['params']['block0']['pw_conv']['bias'] = np.linspace(-1, 1, 5).astype(np.float32)
+  y = np.asarray(model.apply(v, x, train=False))
+  P, S = v['params'], v['batch_stats']
+  relu = lambda t: np.maximum(t, 0)
+  h = relu(np_bn(np_conv(x, P['conv1']['kernel']), P['bn1'], S['bn1']))
+  for i, s in enumerate([2, 1]):
+    p, st = P[f'block{i}'], S[f'block{i}']
+    h = relu(np_bn(np_conv(h, p['dw_conv']['kernel'], s, groups=h.shape[-1]), p['dw_bn'],
+                   st['dw_bn']))
+    h = relu(np_bn(np_conv(h, p['pw_conv']['kernel'], bias=p['pw_conv']['bias']), p['pw_bn'],
+                   st['pw_bn']))
+  ref = h.mean((1, 2)) @ P['fc']['kernel'][0, 0] + P['fc']['bias']
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
