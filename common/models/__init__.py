@@ -12,7 +12,7 @@ JSON-serialisable ints / lists / dicts. Initialisers: see ``common.models.layers
 from common.models.registry import MODELS, Entry, default_widths, get_model, layer_specs, register
 from common.models.specs import LayerSpec
 # Importing the model modules registers them.
-from common.models import mobilenet_v1, mobilenet_v2, resnet_cifar, vgg  # noqa: F401  pylint: disable=unused-import
+from common.models import mobilenet_v1, mobilenet_v2, resnet, resnet_cifar, vgg  # noqa: F401  pylint: disable=unused-import
 
 __all__ = ['MODELS', 'Entry', 'LayerSpec', 'default_widths', 'get_model', 'layer_specs',
            'register']

@@ -456,3 +456,77 @@ def test_mobilenet_v1_forward_matches_numpy():
                    st['pw_bn']))
   ref = h.mean((1, 2)) @ P['fc']['kernel'][0, 0] + P['fc']['bias']
   np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# ImageNet ResNets
+
+
+def test_imagenet_resnet_reference_param_counts():
+  # torchvision resnet18/34/50 with a 1000-way fc.
+  for name, n in (('resnet18', 11689512), ('resnet34', 21797672), ('resnet50', 25557032)):
+    assert sum(s.num_params for s in models.layer_specs(name, num_classes=1000)) == n
+  specs = models.layer_specs('resnet50', input_hw=(224, 224), num_classes=1000,
+                             classifier_as_conv=True)
+  conv = [s for s in specs if s.kind == 'conv' and s.role != 'classifier']
+  assert round(sum(s.num_params for s in conv) / 1e6, 2) == 23.45     # Jackpot, spec §4.4
+  # 1xN masks 53 convs: 16x3 + 4 downsample + the fc conv (not the stem), spec §2.4.
+  assert len([s for s in specs if s.kind == 'conv' and s.role != 'stem']) == 53
+  down = [s for s in conv if s.role == 'shortcut']
+  assert [s.path[0] for s in down] == ['layer1_0', 'layer2_0', 'layer3_0', 'layer4_0']
+  assert all(s.feeds_residual for s in down)
+  # v1.5: the stride sits on the 3x3 conv2.
+  assert [s.stride for s in conv if s.path == ('layer2_0', 'conv2')] == [2]
+  assert [s.stride for s in conv if s.path == ('layer2_0', 'conv1')] == [1]
+  assert [s.in_hw for s in conv if s.path == ('layer1_0', 'conv1')] == [(56, 56)]
+
+
+def test_resnet50_widths_are_independent():
+  w = models.default_widths('resnet50')
+  w['conv1'][2][3] = 7
+  w['conv2'][2][3] = 9
+  w['stages'][1] = 300
+  specs = {s.path: s for s in models.layer_specs('resnet50', widths=w) if s.kind == 'conv'}
+  assert specs[('layer3_3', 'conv1')].out_ch == 7 and specs[('layer3_3', 'conv2')].in_ch == 7
+  assert specs[('layer3_3', 'conv2')].out_ch == 9 and specs[('layer3_3', 'conv3')].in_ch == 9
+  assert specs[('layer2_0', 'downsample_conv')].out_ch == 300
+  assert specs[('layer3_0', 'downsample_conv')].in_ch == 300
+  assert specs[('layer2_3', 'conv3')].out_ch == 300
+  with pytest.raises(ValueError, match="'conv2'"):
+    w['conv2'][0] = [64, 64]
+    models.get_model('resnet50', 10, widths=w)
+
+
+@pytest.mark.parametrize('bottleneck', [False, True])
+def test_imagenet_resnet_forward_matches_numpy(bottleneck):
+  from common.models import resnet
+  blocks = (((2, 3),), ((3, 2), (2, 2))) if bottleneck else (((2,),), ((3,), (2,)))
+  model = resnet.ResNet(num_classes=3, stem=4, stages=(6, 8), blocks=blocks)
+  x = np.random.RandomState(5).randn(2, 16, 16, 3).astype(np.float32)
+  v = _randomise(model.init(jax.random.PRNGKey(4), x, train=False))
+  y = np.asarray(model.apply(v, x, train=False))
+  P, S = v['params'], v['batch_stats']
+  relu = lambda t: np.maximum(t, 0)
+  h = relu(np_bn(np_conv(x, P['conv1']['kernel'], 2), P['bn1'], S['bn1']))
+  hp = np.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  h = np.max([hp[:, i:i + 8:2, j:j + 8:2] for i in range(3) for j in range(3)], axis=0)
+  for s, (out, stage) in enumerate(zip((6, 8), blocks)):
+    for b, _ in enumerate(stage):
+      stride = 2 if s > 0 and b == 0 else 1
+      p, st = P[f'layer{s + 1}_{b}'], S[f'layer{s + 1}_{b}']
+      if bottleneck:
+        t = relu(np_bn(np_conv(h, p['conv1']['kernel']), p['bn1'], st['bn1']))
+        t = relu(np_bn(np_conv(t, p['conv2']['kernel'], stride), p['bn2'], st['bn2']))
+        t = np_bn(np_conv(t, p['conv3']['kernel']), p['bn3'], st['bn3'])
+      else:
+        t = relu(np_bn(np_conv(h, p['conv1']['kernel'], stride), p['bn1'], st['bn1']))
+        t = np_bn(np_conv(t, p['conv2']['kernel']), p['bn2'], st['bn2'])
+      if 'downsample_conv' in p:
+        sc = np_bn(np_conv(h, p['downsample_conv']['kernel'], stride), p['downsample_bn'],
+                   st['downsample_bn'])
+      else:
+        sc = h
+      h = relu(t + sc)
+  ref = h.mean((1, 2)) @ P['fc']['kernel'] + P['fc']['bias']
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+  assert 'downsample_conv' in P['layer1_0'] and 'downsample_conv' not in P['layer2_1']
