@@ -9,10 +9,12 @@ momentum 0.9 (PyTorch 0.1), eps 1e-5, collection ``batch_stats``; the pooled fea
 ``intermediates/features``. Width formats are documented in each model module; widths are plain
 JSON-serialisable ints / lists / dicts. Initialisers: see ``common.models.layers``.
 """
-from common.models.registry import MODELS, Entry, default_widths, get_model, layer_specs, register
+from common.models.registry import (MODELS, Entry, canonical_widths, default_widths, get_model,
+                                    layer_specs, register)
 from common.models.specs import LayerSpec
 # Importing the model modules registers them.
 from common.models import mobilenet_v1, mobilenet_v2, resnet, resnet_cifar, vgg  # noqa: F401  pylint: disable=unused-import
 
-__all__ = ['MODELS', 'Entry', 'LayerSpec', 'default_widths', 'get_model', 'layer_specs',
+__all__ = ['MODELS', 'Entry', 'LayerSpec', 'canonical_widths', 'default_widths', 'get_model',
+           'layer_specs',
            'register']

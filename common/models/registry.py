@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import numbers
+from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
 
@@ -63,8 +65,24 @@ def default_widths(name: str):
   return copy.deepcopy(dw() if callable(dw) else dw)
 
 
+def canonical_widths(widths):
+  """Plain-python copy of a width config: ConfigDict / mappings -> dict, tuples -> lists, numpy
+  integers -> int (ml_collections hands ``config.model.widths`` over as ConfigDict / tuples)."""
+  if hasattr(widths, 'to_dict'):
+    widths = widths.to_dict()
+  if hasattr(widths, 'tolist') and not isinstance(widths, (list, tuple)):   # numpy arrays/scalars
+    widths = widths.tolist()
+  if isinstance(widths, Mapping):
+    return {str(k): canonical_widths(v) for k, v in widths.items()}
+  if isinstance(widths, (list, tuple)):
+    return [canonical_widths(v) for v in widths]
+  if isinstance(widths, numbers.Integral) and not isinstance(widths, bool):
+    return int(widths)
+  return widths
+
+
 def _resolve(name: str, widths):
-  return default_widths(name) if widths is None else widths
+  return default_widths(name) if widths is None else canonical_widths(widths)
 
 
 def get_model(name: str, num_classes: int, widths=None, **kwargs):

@@ -43,7 +43,7 @@ def _flat(tree, prefix=()):
 
 def _abstract_vars(model, hw, capture=False):
   x = jnp.zeros((2,) + tuple(hw) + (3,), jnp.float32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  variables = jax.eval_shape(lambda: _init(model, 0, x))
   if not capture:
     return variables, None
   _, inter = jax.eval_shape(lambda v: model.apply(v, x, train=False, capture_intermediates=True,
@@ -102,6 +102,28 @@ def test_default_widths_are_json_and_fresh_copies():
   w = models.default_widths('resnet20')
   w['stages'][0] = 1
   assert models.default_widths('resnet20')['stages'][0] == 16
+
+
+def test_widths_from_frozen_config_dict():
+  import ml_collections
+  c = ml_collections.ConfigDict({'widths': models.default_widths('resnet20')})
+  c.widths.inner[1][2] = 5
+  frozen = ml_collections.FrozenConfigDict(c)          # lists become tuples
+  specs = models.layer_specs('resnet20', widths=frozen.widths)
+  assert [s.out_ch for s in specs if s.path == ('layer2_2', 'conv1')] == [5]
+  assert models.get_model('resnet20', 10, widths=frozen.widths).inner[1] == (32, 32, 5)
+  assert models.get_model('vgg_tiny', 10, widths=np.array([4, 4, 8, 8, 16, 16])).widths[-1] == 16
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_builder_and_specs_take_the_same_options(name):
+  # common.train passes config.model.kwargs to both get_model and common.flops.count.
+  kw = dict(init='pytorch', dense_init='normal_0.01', classifier_as_conv=True, bn_axis_name=None)
+  model = models.get_model(name, 7, **kw)
+  specs = models.layer_specs(name, num_classes=7, **kw)
+  assert specs[-1].kind == 'conv' and specs[-1].out_ch == 7 and model.classifier_as_conv
+  with pytest.raises(TypeError):
+    models.layer_specs(name, no_such_option=1)
 
 
 @pytest.mark.parametrize('name', sorted(models.MODELS))
@@ -215,28 +237,37 @@ def np_bn(x, p, s, eps=1e-5):
   return (x - s['mean']) / np.sqrt(s['var'] + eps) * p['scale'] + p['bias']
 
 
-def _randomise(variables, seed=0):
-  """Random BN statistics / affine so that eval-mode BN is not the identity."""
+def _init(model, seed, x):
+  """Variables with the model's tree structure and shapes (``eval_shape``: nothing compiled),
+  filled with NumPy random values: random kernels/biases, BN affine and statistics that make
+  eval-mode BN far from the identity."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   r = np.random.RandomState(seed)
-  out = jax.tree.map(np.asarray, variables)
-  def fill(tree, key):
-    for k, v in tree.items():
-      if isinstance(v, dict):
-        fill(v, key)
-      elif k == 'var':
-        tree[k] = r.uniform(0.5, 2.0, v.shape).astype(np.float32)
-      elif k in ('mean', 'scale') or (k == 'bias' and key == 'bs'):
-        tree[k] = r.uniform(-0.5, 1.5, v.shape).astype(np.float32)
-  fill(out['batch_stats'], 'bs')
-  return jax.tree.map(np.asarray, out)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    shape = leaf.shape
+    if name == 'kernel':
+      fan_in = int(np.prod(shape[:-1]))
+      return (r.randn(*shape) / np.sqrt(fan_in)).astype(np.float32)
+    if name == 'var':
+      return r.uniform(0.5, 2.0, shape).astype(np.float32)
+    if name == 'scale':
+      return r.uniform(0.5, 1.5, shape).astype(np.float32)
+    return (0.3 * r.randn(*shape)).astype(np.float32)        # bias, BN beta, running mean
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _apply(model, v, x):
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
 
 
 def test_resnet_cifar_forward_matches_numpy():
   # Two stages; stage 2 pads 4 -> 7 channels (odd: left 1, right 2).
   model = resnet_cifar.ResNetCifar(num_classes=3, stem=3, stages=(4, 7), inner=((2,), (5,)))
   x = np.random.RandomState(1).randn(2, 8, 8, 3).astype(np.float32)
-  v = _randomise(model.init(jax.random.PRNGKey(0), x, train=False))
-  y = np.asarray(model.apply(v, x, train=False))
+  v = _init(model, 0, x)
+  y = np.asarray(_apply(model, v, x))
   P, S = v['params'], v['batch_stats']
   relu = lambda t: np.maximum(t, 0)
   h = relu(np_bn(np_conv(x, P['conv1']['kernel']), P['bn1'], S['bn1']))
@@ -255,14 +286,18 @@ def test_resnet_cifar_forward_matches_numpy():
 def test_features_are_sown_and_train_mode_updates_stats():
   model = models.get_model('resnet8', 4, widths=_shrink(models.default_widths('resnet8'), 4))
   x = np.random.RandomState(0).randn(3, 8, 8, 3).astype(np.float32)
-  v = model.init(jax.random.PRNGKey(0), x, train=False)
-  logits, state = model.apply(v, x, train=True, mutable=['batch_stats', 'intermediates'])
+  v = _init(model, 0, x)
+  logits, state = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=['batch_stats', 'intermediates']))(v, x)
   assert logits.shape == (3, 4)
   assert state['intermediates']['features'][0].shape == (3, 16)
-  mean = np.asarray(state['batch_stats']['bn1']['mean'])
-  assert not np.allclose(mean, 0)   # momentum 0.9: new = 0.1 * batch mean
+  # PyTorch momentum 0.1: running = 0.9 * running + 0.1 * batch statistic (Flax: biased var).
   h = np_conv(x, np.asarray(v['params']['conv1']['kernel']))
-  np.testing.assert_allclose(mean, 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+  old = v['batch_stats']['bn1']
+  np.testing.assert_allclose(state['batch_stats']['bn1']['mean'],
+                             0.9 * old['mean'] + 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(state['batch_stats']['bn1']['var'],
+                             0.9 * old['var'] + 0.1 * h.var((0, 1, 2)), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,8 +380,8 @@ def test_vgg_pools_and_bad_widths():
 def test_vgg_forward_matches_numpy():
   model = models.get_model('vgg_tiny', 3, widths=[2, 3, 4], pools=[0, 2], classifier_as_conv=True)
   x = np.random.RandomState(2).randn(2, 8, 8, 3).astype(np.float32)
-  v = _randomise(model.init(jax.random.PRNGKey(1), x, train=False))
-  y = np.asarray(model.apply(v, x, train=False))
+  v = _init(model, 1, x)
+  y = np.asarray(_apply(model, v, x))
   P, S = v['params'], v['batch_stats']
   h = x.astype(np.float64)
   for i in range(3):
@@ -429,8 +464,8 @@ def test_mobilenet_v2_forward_matches_numpy(variant):
   strides = [1, 2, 1]
   model = models.get_model(name, 3, widths=widths, strides=strides, act='relu6')
   x = 3 * np.random.RandomState(3).randn(2, 8, 8, 3).astype(np.float32)
-  v = _randomise(model.init(jax.random.PRNGKey(2), x, train=False))
-  y = np.asarray(model.apply(v, x, train=False))
+  v = _init(model, 2, x)
+  y = np.asarray(_apply(model, v, x))
   ref = _np_mbv2(v, x, variant, strides, 2 if variant == 'imagenet' else 1,
                  lambda t: np.clip(t, 0, 6))
   np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
@@ -441,10 +476,8 @@ def test_mobilenet_v1_forward_matches_numpy():
   model = models.get_model('mobilenet_v1_tiny', 3, widths=[4, 5, 6], strides=[2, 1],
                            pointwise_bias=True, classifier_as_conv=True)
   x = np.random.RandomState(4).randn(2, 8, 8, 3).astype(np.float32)
-  v = _randomise(model.init(jax.random.PRNGKey(3), x, train=False))
-  v = jax.tree.map(np.asarray, v)
-  v['params']['block0']['pw_conv']['bias'] = np.linspace(-1, 1, 5).astype(np.float32)
-  y = np.asarray(model.apply(v, x, train=False))
+  v = _init(model, 3, x)
+  y = np.asarray(_apply(model, v, x))
   P, S = v['params'], v['batch_stats']
   relu = lambda t: np.maximum(t, 0)
   h = relu(np_bn(np_conv(x, P['conv1']['kernel']), P['bn1'], S['bn1']))
@@ -503,8 +536,8 @@ def test_imagenet_resnet_forward_matches_numpy(bottleneck):
   blocks = (((2, 3),), ((3, 2), (2, 2))) if bottleneck else (((2,),), ((3,), (2,)))
   model = resnet.ResNet(num_classes=3, stem=4, stages=(6, 8), blocks=blocks)
   x = np.random.RandomState(5).randn(2, 16, 16, 3).astype(np.float32)
-  v = _randomise(model.init(jax.random.PRNGKey(4), x, train=False))
-  y = np.asarray(model.apply(v, x, train=False))
+  v = _init(model, 4, x)
+  y = np.asarray(_apply(model, v, x))
   P, S = v['params'], v['batch_stats']
   relu = lambda t: np.maximum(t, 0)
   h = relu(np_bn(np_conv(x, P['conv1']['kernel'], 2), P['bn1'], S['bn1']))
