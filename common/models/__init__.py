@@ -8,13 +8,25 @@ Every model: ``__call__(x [B, H, W, C] float32, train: bool) -> logits [B, num_c
 momentum 0.9 (PyTorch 0.1), eps 1e-5, collection ``batch_stats``; the pooled features are sown as
 ``intermediates/features``. Width formats are documented in each model module; widths are plain
 JSON-serialisable ints / lists / dicts. Initialisers: see ``common.models.layers``.
+
+Registered families: ``resnet_cifar`` (resnet8..110, resnet32_wide), ``vgg`` (vgg11/13/16/19,
+vgg_tiny), ``resnet`` (resnet18/34/50), ``mobilenet_v1`` (+ _tiny), ``mobilenet_v2`` (+ _cifar),
+and the BNN variants of ``bnn_recu`` / ``bnn_siman`` (owned by the ReCU / SiMaN packages).
 """
+import importlib
+import importlib.util
+
 from common.models.registry import (MODELS, Entry, canonical_widths, default_widths, get_model,
                                     layer_specs, register)
 from common.models.specs import LayerSpec
 # Importing the model modules registers them.
-from common.models import mobilenet_v1, mobilenet_v2, resnet, resnet_cifar, vgg  # noqa: F401  pylint: disable=unused-import
+from common.models import mobilenet_v1, mobilenet_v2, resnet, resnet_cifar, vgg  # noqa: F401
+
+# The BNN zoo modules are written by other packages' engineers; they register themselves when
+# present. find_spec (not try/except ImportError) so that a real error inside them still surfaces.
+for _bnn in ('bnn_recu', 'bnn_siman'):
+  if importlib.util.find_spec(f'common.models.{_bnn}') is not None:
+    importlib.import_module(f'common.models.{_bnn}')
 
 __all__ = ['MODELS', 'Entry', 'LayerSpec', 'canonical_widths', 'default_widths', 'get_model',
-           'layer_specs',
-           'register']
+           'layer_specs', 'register']
