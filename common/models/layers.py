@@ -8,14 +8,11 @@ Why these wrappers exist (spec ``pruning-dcff-1xn-whitebox-jackpot.md`` ยง0.3, ย
 * Initialisers reproduce PyTorch's, because the from-scratch papers (DCFF, White-Box) depend on
   them; the scheme is chosen by a string so configs can carry it:
 
-  ============================ ======================================= ====================
-  ``init``                     conv kernel                             conv bias
-  ============================ ======================================= ====================
-  ``'pytorch'``                kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(fan_in))  U(+-1/sqrt(fan_in))
-  ``'kaiming_normal_fan_in'``  N(0, 2/fan_in)  (akamaster ResNet-CIFAR) U(+-1/sqrt(fan_in))
-  ``'kaiming_normal_fan_out'`` N(0, 2/fan_out) (torchvision)           0
-  ``'flax'``                   lecun-normal (Flax default)             0
-  ============================ ======================================= ====================
+  * ``'pytorch'``: kernel kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(fan_in)); bias U(+-1/sqrt(fan_in)).
+  * ``'kaiming_normal_fan_in'``: kernel N(0, 2/fan_in) (akamaster ResNet-CIFAR ``_weights_init``);
+    bias PyTorch default U(+-1/sqrt(fan_in)).
+  * ``'kaiming_normal_fan_out'``: kernel N(0, 2/fan_out) (torchvision); conv bias 0.
+  * ``'flax'``: lecun-normal kernel, bias 0 (Flax defaults).
 
   The classifier (``dense_init``) defaults to what the same PyTorch code does with its Linear:
   ``'pytorch'`` for 'pytorch' and 'kaiming_normal_fan_out' (torchvision ResNets leave the Linear
@@ -106,7 +103,7 @@ def conv(features: int, kernel: int, *, in_ch: int, stride: int = 1, groups: int
   fan_in = in_ch // groups * kernel * kernel
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
                  feature_group_count=groups, use_bias=bias, kernel_init=kernel_init(init),
-                 bias_init=bias_init(init, fan_in, is_dense=init == 'normal_0.01'), name=name)
+                 bias_init=bias_init(init, fan_in), name=name)
 
 
 def batch_norm(train: bool, name: str, axis_name: Optional[str] = None) -> nn.BatchNorm:
