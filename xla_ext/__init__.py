@@ -1,0 +1,176 @@
+"""C++ XLA FFI CPU kernels and their JAX bindings: the 1xN block-sparse matmul.
+
+On import this module finds the compiled kernels and registers them with XLA
+(`jax.ffi.register_ffi_target`, platform 'cpu'):
+
+1. the library built by `pip install --no-build-isolation -e .` (setup.py), next to this file,
+   if it is at least as new as the sources;
+2. otherwise a copy compiled on first import with g++ into a cache directory
+   (`$XLA_EXT_CACHE_DIR`, default `~/.cache/compress-jax/xla_ext`), keyed by a hash of the
+   sources, flags, FFI headers and compiler, so later imports load it in milliseconds.
+
+If neither works (no compiler), importing still succeeds: `available()` is False, `load_error()`
+says why, and `onexn.sparse_matmul` falls back to its pure-JAX path (or raises when the FFI
+backend was requested explicitly).
+
+The kernel computes, for the BSR-by-output-block encoding of a 1xN-sparse weight (1xN paper,
+Lin et al. TPAMI 2022, Fig. 3; spec section 2.3),
+
+    y[..., g*N + j] = sum_{t = row_ptr[g]}^{row_ptr[g+1]-1} x[..., col_idx[t]] * values[t, j]
+
+The packed format itself, its validation and the differentiable, vmappable user API live in
+`onexn.sparse`; this module is the thin, checked call into C++.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xla_ext import _build
+
+TARGET_NAME = 'xla_ext_block_sparse_matmul'
+# Instruction sets of the kernel, as the C++ `isa` attribute numbers them.
+ISAS = {'auto': 0, 'generic': 1, 'avx2': 2, 'avx512': 3}
+# Element types the kernel reads (x) and writes (y); the values are always read as float32.
+KERNEL_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+_lib: Optional[ctypes.CDLL] = None
+_lib_path: Optional[str] = None
+_load_error: Optional[str] = None
+
+
+def _cache_dir() -> str:
+  return os.environ.get('XLA_EXT_CACHE_DIR') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'compress-jax', 'xla_ext')
+
+
+def _built_library() -> Optional[str]:
+  """The setup.py-built library, unless a source file changed after it was built."""
+  pattern = os.path.join(_build.HERE, '_bsmm' + _build.extension_suffix())
+  for path in glob.glob(pattern):
+    if os.path.getmtime(path) >= _build.newest_source_mtime():
+      return path
+  return None
+
+
+def _cached_library() -> str:
+  include_dir = jax.ffi.include_dir()
+  path = os.path.join(_cache_dir(), f'libbsmm-{_build.source_digest(include_dir)}.so')
+  if not os.path.exists(path):
+    _build.compile_shared_library(include_dir, path)
+  return path
+
+
+def _load() -> None:
+  global _lib, _lib_path, _load_error
+  errors = []
+  for finder in (_built_library, _cached_library):
+    try:
+      path = finder()
+      if path is None:
+        continue
+      lib = ctypes.cdll.LoadLibrary(path)
+      lib.XlaExtBsmmBestIsa.restype = ctypes.c_int64
+      lib.XlaExtBsmmIsaSupported.restype = ctypes.c_int64
+      lib.XlaExtBsmmIsaSupported.argtypes = [ctypes.c_int64]
+      jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(lib.XlaExtBlockSparseMatmul),
+                                  platform='cpu')
+      _lib, _lib_path, _load_error = lib, path, None
+      return
+    except (OSError, RuntimeError, AttributeError) as e:  # try the next way, keep the reason
+      errors.append(f'{finder.__name__}: {e}')
+  _load_error = '; '.join(errors) or 'no library found'
+
+
+def available() -> bool:
+  """True when the C++ kernel is compiled, loaded and registered for the CPU platform."""
+  return _lib is not None
+
+
+def load_error() -> Optional[str]:
+  """Why the kernel is unavailable (None when it is available)."""
+  return _load_error
+
+
+def library_path() -> Optional[str]:
+  """Path of the loaded shared library (None when unavailable)."""
+  return _lib_path
+
+
+def best_isa() -> str:
+  """The instruction set `isa='auto'` runs on this CPU: 'avx512', 'avx2' or 'generic'."""
+  _require()
+  code = int(_lib.XlaExtBsmmBestIsa())
+  return next(k for k, v in ISAS.items() if v == code)
+
+
+def isa_supported(isa: str) -> bool:
+  """Whether this CPU can run the kernel built for `isa` ('generic', 'avx2', 'avx512')."""
+  _require()
+  if isa not in ISAS or isa == 'auto':
+    raise ValueError(f"isa must be one of 'generic', 'avx2', 'avx512'; got {isa!r}")
+  return bool(_lib.XlaExtBsmmIsaSupported(ISAS[isa]))
+
+
+def _require() -> None:
+  if _lib is None:
+    raise RuntimeError(f'the xla_ext C++ kernel is not available: {_load_error}')
+
+
+def block_sparse_matmul(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
+                        values: jax.Array, *, out_dtype=None, num_threads: int = 0,
+                        isa: str = 'auto', vmap_method: str = 'sequential') -> jax.Array:
+  """One call of the FFI kernel (CPU only): the 1xN block-sparse product x @ W.
+
+  Args:
+    x: [..., K] float32 or bfloat16 (leading dims are rows: pixels, batch, ...).
+    row_ptr: int32 [G + 1], row_ptr[0] = 0, non-decreasing, row_ptr[G] = nnzb.
+    col_idx: int32 [nnzb], input feature of every kept segment, in [0, K).
+    values: [nnzb, N] floating; the N weights of each kept segment (read as float32).
+    out_dtype: float32 or bfloat16; default x.dtype.
+    num_threads: threads of XLA's intra-op pool to use (0 = all).
+    isa: 'auto' (the best this CPU has), 'generic', 'avx2' or 'avx512'.
+    vmap_method: passed to `jax.ffi.ffi_call`; `onexn.sparse_matmul` has a faster batching rule.
+  Returns:
+    y: [..., G * N] of out_dtype, y[..., g*N + j] = sum_t x[..., col_idx[t]] * values[t, j]
+    over the segments t of group g (spec section 2.3). Empty groups give zeros.
+  Raises:
+    RuntimeError: the kernel is not available (see `load_error()`).
+    ValueError/TypeError: bad shapes, dtypes or options (checked here, before C++ sees them).
+  """
+  _require()
+  if isa not in ISAS:
+    raise ValueError(f'isa must be one of {sorted(ISAS)}; got {isa!r}')
+  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
+    raise ValueError(f'num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
+  x_dtype = jnp.dtype(x.dtype)
+  out_dtype = x_dtype if out_dtype is None else jnp.dtype(out_dtype)
+  if x_dtype not in KERNEL_DTYPES or out_dtype not in KERNEL_DTYPES:
+    raise TypeError(f'the CPU kernel reads and writes float32 or bfloat16; got x {x_dtype}, '
+                    f'out {out_dtype}')
+  if jnp.dtype(row_ptr.dtype) != jnp.int32 or jnp.dtype(col_idx.dtype) != jnp.int32:
+    raise TypeError(f'row_ptr and col_idx must be int32; got {row_ptr.dtype}, {col_idx.dtype}')
+  if not jnp.issubdtype(values.dtype, jnp.floating):
+    raise TypeError(f'values must be floating point; got {values.dtype}')
+  if row_ptr.ndim != 1 or row_ptr.shape[0] < 1 or col_idx.ndim != 1 or values.ndim != 2:
+    raise ValueError(f'expected row_ptr [G+1], col_idx [nnzb], values [nnzb, N]; got '
+                     f'{row_ptr.shape}, {col_idx.shape}, {values.shape}')
+  if values.shape[0] != col_idx.shape[0] or values.shape[1] < 1:
+    raise ValueError(f'values {values.shape} must be [nnzb, N>=1] with nnzb = '
+                     f'len(col_idx) = {col_idx.shape[0]}')
+  if x.ndim < 1:
+    raise ValueError(f'x must have rank >= 1 ([..., K]); got shape {x.shape}')
+  m = (row_ptr.shape[0] - 1) * values.shape[1]
+  out = jax.ShapeDtypeStruct(x.shape[:-1] + (m,), out_dtype)
+  call = jax.ffi.ffi_call(TARGET_NAME, out, vmap_method=vmap_method)
+  return call(row_ptr, col_idx, values.astype(jnp.float32), x,
+              num_threads=np.int64(num_threads), isa=np.int64(ISAS[isa]))
+
+
+_load()

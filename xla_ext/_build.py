@@ -1,0 +1,87 @@
+"""How the C++ kernels are compiled: one place for `setup.py` and the compile-on-import fallback.
+
+This module imports nothing from the package (setup.py loads it by file path, before jax or the
+package can be imported), and nothing but the standard library.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from typing import Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The handler (bsmm_ffi.cc), the portable kernel, and the two SIMD kernels. The SIMD units are
+# compiled with `#pragma GCC target`, never with -m flags, so one build runs on every x86-64 CPU
+# and the instruction set is chosen at run time (__builtin_cpu_supports in bsmm_ffi.cc).
+SOURCES = ('bsmm_ffi.cc', 'bsmm_generic.cc', 'bsmm_avx2.cc', 'bsmm_avx512.cc')
+HEADERS = ('bsmm.h', 'bsmm_impl.inc', 'bsmm_avx_pack.inc')
+CXXFLAGS = ('-O3', '-std=c++17', '-fPIC', '-fvisibility=hidden', '-fno-math-errno')
+# The package-relative name setuptools gives the built library (plus the interpreter's suffix).
+EXTENSION_NAME = 'xla_ext._bsmm'
+
+
+def source_paths() -> list:
+  return [os.path.join(HERE, f) for f in SOURCES]
+
+
+def newest_source_mtime() -> float:
+  return max(os.path.getmtime(os.path.join(HERE, f)) for f in SOURCES + HEADERS)
+
+
+def source_digest(include_dir: str, extra: str = '') -> str:
+  """Hash of everything the binary depends on: sources, flags, FFI headers, compiler."""
+  h = hashlib.sha256()
+  for f in SOURCES + HEADERS:
+    with open(os.path.join(HERE, f), 'rb') as fh:
+      h.update(f.encode() + b'\0' + fh.read())
+  h.update(' '.join(CXXFLAGS).encode())
+  for hdr in ('xla/ffi/api/ffi.h', 'xla/ffi/api/api.h', 'xla/ffi/api/c_api.h'):
+    path = os.path.join(include_dir, hdr)
+    if os.path.exists(path):
+      with open(path, 'rb') as fh:
+        h.update(fh.read())
+  h.update((compiler() or '').encode() + extra.encode())
+  return h.hexdigest()[:16]
+
+
+def compiler() -> Optional[str]:
+  for name in (os.environ.get('CXX'), 'g++', 'c++', 'clang++'):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def compile_shared_library(include_dir: str, out_path: str,
+                           extra_flags: Sequence[str] = ()) -> None:
+  """Compiles the kernels into `out_path` atomically (concurrent importers never see half a file).
+
+  Raises:
+    RuntimeError: no C++ compiler, or the compiler failed (its output is in the message).
+  """
+  cxx = compiler()
+  if cxx is None:
+    raise RuntimeError('no C++ compiler found (tried $CXX, g++, c++, clang++); install g++ or '
+                       'build the extension with `pip install --no-build-isolation -e .`')
+  os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(out_path) or '.')
+  os.close(fd)
+  cmd = [cxx, *CXXFLAGS, *extra_flags, '-shared', '-I' + include_dir, '-I' + HERE,
+         *source_paths(), '-o', tmp]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError('compiling the xla_ext kernels failed:\n$ ' + ' '.join(cmd) + '\n' +
+                         proc.stderr[-4000:])
+    os.replace(tmp, out_path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def extension_suffix() -> str:
+  return sysconfig.get_config_var('EXT_SUFFIX') or '.so'

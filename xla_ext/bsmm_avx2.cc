@@ -1,0 +1,57 @@
+// AVX2 + FMA 1xN block-sparse matmul: 4 output channels x 24 pixels (12 ymm accumulators) per
+// register block. Compiled with a target pragma (not -mavx2) so that one build runs everywhere;
+// bsmm_ffi.cc calls it only when __builtin_cpu_supports says the CPU has AVX2 and FMA.
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "bsmm.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+// Keep short copy/fill loops inline: as memmove/memset calls their overhead rivals the FMAs.
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+
+namespace {
+
+#include "bsmm_avx_pack.inc"
+
+struct Isa {
+  using Vec = __m256;
+  static constexpr int kLanes = 8;
+  static constexpr int kVecs = 3;
+  static constexpr int kTile = kLanes * kVecs;
+  static constexpr int kMaxRows = 4;  // 12 accumulators + 3 pixel vectors + 1 broadcast = 16 ymm
+
+  static inline Vec Zero() { return _mm256_setzero_ps(); }
+  static inline Vec Load(const float* p) { return _mm256_load_ps(p); }
+  static inline Vec Bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  // Lane l of a0..a3 are the 4 channels of pixel l: transpose each 128-bit half as a 4x4 block.
+  static inline void StoreQuad(Vec a0, Vec a1, Vec a2, Vec a3, float* dst, int64_t stride) {
+    const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+    const __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    _mm_storeu_ps(dst + 0 * stride, _mm256_castps256_ps128(u0));
+    _mm_storeu_ps(dst + 1 * stride, _mm256_castps256_ps128(u1));
+    _mm_storeu_ps(dst + 2 * stride, _mm256_castps256_ps128(u2));
+    _mm_storeu_ps(dst + 3 * stride, _mm256_castps256_ps128(u3));
+    _mm_storeu_ps(dst + 4 * stride, _mm256_extractf128_ps(u0, 1));
+    _mm_storeu_ps(dst + 5 * stride, _mm256_extractf128_ps(u1, 1));
+    _mm_storeu_ps(dst + 6 * stride, _mm256_extractf128_ps(u2, 1));
+    _mm_storeu_ps(dst + 7 * stride, _mm256_extractf128_ps(u3, 1));
+  }
+  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, float* panel) {
+    PackRows8x8<kTile>(x, k, valid, panel);
+  }
+};
+
+}  // namespace
+
+#include "bsmm_impl.inc"
+
+namespace xla_ext {
+const BsmmKernel kBsmmAvx2 = {"avx2", Isa::kTile, &RunTiles};
+}  // namespace xla_ext
+
+#pragma GCC pop_options

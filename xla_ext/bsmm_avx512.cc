@@ -1,0 +1,65 @@
+// AVX-512 1xN block-sparse matmul: up to 8 output channels x 48 pixels (24 zmm accumulators) per
+// register block. XLA's own dense dot uses 512-bit FMAs where the CPU has them, so the sparse
+// kernel must too for the sparsity to turn into a speedup. Chosen at run time (bsmm_ffi.cc).
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "bsmm.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+// Keep short copy/fill loops inline: as memmove/memset calls their overhead rivals the FMAs.
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+
+namespace {
+
+#include "bsmm_avx_pack.inc"
+
+struct Isa {
+  using Vec = __m512;
+  static constexpr int kLanes = 16;
+  static constexpr int kVecs = 3;
+  static constexpr int kTile = kLanes * kVecs;
+  static constexpr int kMaxRows = 8;  // 24 accumulators + 3 pixel vectors + 1 broadcast of 32 zmm
+
+  static inline Vec Zero() { return _mm512_setzero_ps(); }
+  static inline Vec Load(const float* p) { return _mm512_load_ps(p); }
+  static inline Vec Bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  // Per 128-bit lane L, a 4x4 transpose leaves pixel 4L+i's 4 channels in lane L of u_i.
+  static inline void StoreQuad(Vec a0, Vec a1, Vec a2, Vec a3, float* dst, int64_t stride) {
+    const __m512 t0 = _mm512_unpacklo_ps(a0, a1), t1 = _mm512_unpackhi_ps(a0, a1);
+    const __m512 t2 = _mm512_unpacklo_ps(a2, a3), t3 = _mm512_unpackhi_ps(a2, a3);
+    const __m512 u0 = _mm512_shuffle_ps(t0, t2, 0x44), u1 = _mm512_shuffle_ps(t0, t2, 0xEE);
+    const __m512 u2 = _mm512_shuffle_ps(t1, t3, 0x44), u3 = _mm512_shuffle_ps(t1, t3, 0xEE);
+    _mm_storeu_ps(dst + 0 * stride, _mm512_castps512_ps128(u0));
+    _mm_storeu_ps(dst + 1 * stride, _mm512_castps512_ps128(u1));
+    _mm_storeu_ps(dst + 2 * stride, _mm512_castps512_ps128(u2));
+    _mm_storeu_ps(dst + 3 * stride, _mm512_castps512_ps128(u3));
+    _mm_storeu_ps(dst + 4 * stride, _mm512_extractf32x4_ps(u0, 1));
+    _mm_storeu_ps(dst + 5 * stride, _mm512_extractf32x4_ps(u1, 1));
+    _mm_storeu_ps(dst + 6 * stride, _mm512_extractf32x4_ps(u2, 1));
+    _mm_storeu_ps(dst + 7 * stride, _mm512_extractf32x4_ps(u3, 1));
+    _mm_storeu_ps(dst + 8 * stride, _mm512_extractf32x4_ps(u0, 2));
+    _mm_storeu_ps(dst + 9 * stride, _mm512_extractf32x4_ps(u1, 2));
+    _mm_storeu_ps(dst + 10 * stride, _mm512_extractf32x4_ps(u2, 2));
+    _mm_storeu_ps(dst + 11 * stride, _mm512_extractf32x4_ps(u3, 2));
+    _mm_storeu_ps(dst + 12 * stride, _mm512_extractf32x4_ps(u0, 3));
+    _mm_storeu_ps(dst + 13 * stride, _mm512_extractf32x4_ps(u1, 3));
+    _mm_storeu_ps(dst + 14 * stride, _mm512_extractf32x4_ps(u2, 3));
+    _mm_storeu_ps(dst + 15 * stride, _mm512_extractf32x4_ps(u3, 3));
+  }
+  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, float* panel) {
+    PackRows8x8<kTile>(x, k, valid, panel);
+  }
+};
+
+}  // namespace
+
+#include "bsmm_impl.inc"
+
+namespace xla_ext {
+const BsmmKernel kBsmmAvx512 = {"avx512", Isa::kTile, &RunTiles};
+}  // namespace xla_ext
+
+#pragma GCC pop_options

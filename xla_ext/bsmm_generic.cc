@@ -1,0 +1,83 @@
+// Portable 1xN block-sparse matmul: plain C++ (the compiler may still use the baseline SSE2), for
+// CPUs without AVX2/FMA. Chosen at run time by bsmm_ffi.cc. Also defines the workspace size.
+#include <stdint.h>
+
+#include "bsmm.h"
+
+namespace xla_ext {
+
+int64_t BsmmPanelFloats(int64_t k, int64_t tile_rows) { return (k > 0 ? k : 1) * tile_rows; }
+
+// Output groups staged together: about 64 channels (4 cache lines per row).
+int64_t BsmmSlabGroups(int64_t n) { return n >= 64 ? 1 : 64 / n; }
+
+// Room for 4 columns past the slab (StoreBlock writes whole quads), rounded to whole cache lines,
+// plus one line when needed so that the stride is an odd number of lines: the rows of a tile
+// then fall into different L1 sets.
+int64_t BsmmStagingStride(int64_t n) {
+  const int64_t lines = (BsmmSlabGroups(n) * n + 4 + 15) / 16;
+  return 16 * (lines % 2 == 1 ? lines : lines + 1);
+}
+
+int64_t BsmmWorkspaceFloats(int64_t k, int64_t n, int64_t tile_rows) {
+  return BsmmPanelFloats(k, tile_rows) + tile_rows * BsmmStagingStride(n);
+}
+
+}  // namespace xla_ext
+
+#pragma GCC push_options
+// Keep short copy/fill loops inline: as memmove/memset calls their overhead rivals the FMAs.
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+
+namespace {
+
+struct Isa {
+  struct Vec {
+    float v[8];
+  };
+  static constexpr int kLanes = 8;
+  static constexpr int kVecs = 2;
+  static constexpr int kTile = kLanes * kVecs;
+  static constexpr int kMaxRows = 4;
+
+  static inline Vec Zero() { return Vec{}; }
+  static inline Vec Load(const float* p) {
+    Vec r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static inline Vec Bcast(const float* p) {
+    Vec r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = *p;
+    return r;
+  }
+  static inline Vec Fma(const Vec& a, const Vec& b, const Vec& c) {
+    Vec r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
+    return r;
+  }
+  static inline void StoreQuad(const Vec& a0, const Vec& a1, const Vec& a2, const Vec& a3,
+                               float* dst, int64_t stride) {
+    for (int i = 0; i < kLanes; ++i) {
+      float* d = dst + i * stride;
+      d[0] = a0.v[i];
+      d[1] = a1.v[i];
+      d[2] = a2.v[i];
+      d[3] = a3.v[i];
+    }
+  }
+  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, float* panel) {
+    for (int64_t j = 0; j < valid; ++j)
+      for (int64_t c = 0; c < k; ++c) panel[c * kTile + j] = x[j * k + c];
+  }
+};
+
+}  // namespace
+
+#include "bsmm_impl.inc"
+
+namespace xla_ext {
+const BsmmKernel kBsmmGeneric = {"generic", Isa::kTile, &RunTiles};
+}  // namespace xla_ext
+
+#pragma GCC pop_options
