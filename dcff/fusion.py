@@ -6,8 +6,8 @@ Spec ``shared/papers/pruning-dcff-1xn-whitebox-jackpot.md`` §1.2-§1.3 (officia
 Per fused conv layer with ``C`` original filters (HWIO kernel ``[k, k, C_in, C]``) and ``m`` kept
 output channels, at the start of every epoch ``e``:
 
-1. ``D[j, g] = ||F_j - F_g||_2`` over the flattened filters (scipy ``cdist`` in float64, cast to
-   float32, exactly as the code does);
+1. ``D[j, g] = ||F_j - F_g||_2`` over the flattened filters (float64 as the code's scipy
+   ``cdist``, cast to float32);
 2. the temperature ``T(e)`` (:func:`temperature`);
 3. ``P[j, :] = softmax_g(-D[j, g] * T)`` (the inter-similarity distribution);
 4. ``KL[j, k] = mean_g P[j,g] log(P[j,g] / (P[k,g] + 1e-7))`` and the importance
@@ -89,11 +89,33 @@ def filter_matrix(kernel) -> np.ndarray:
   return w.reshape(-1, w.shape[-1]).T
 
 
+# Above this many multiply-adds (C^2 d) the distances use the BLAS Gram form instead of ``cdist``.
+CDIST_MAX_WORK = 1 << 27
+
+
+def distances64(filters) -> np.ndarray:
+  """``D [C, C]`` float64 Euclidean distances between the rows of ``filters [C, d]``.
+
+  scipy's ``cdist`` as the code calls it, except for large layers (``C^2 d > 2^27``, e.g. the
+  2048-filter ResNet-50 convs where single-threaded ``cdist`` takes ~0.7 s per layer): there a
+  float64 BLAS Gram product, clamped at 0 with an exactly-zero diagonal (spec §1.8), which equals
+  ``cdist`` after the cast to float32 except for near-duplicate filters (``D < ~1e-4 |F|``).
+  """
+  f = np.asarray(filters, np.float64)
+  c, d = f.shape
+  if c * c * d <= CDIST_MAX_WORK:
+    return sp_distance.cdist(f, f, metric='euclidean')
+  sq = np.einsum('ij,ij->i', f, f)
+  d2 = sq[:, None] + sq[None, :] - 2.0 * (f @ f.T)
+  np.maximum(d2, 0.0, out=d2)
+  np.fill_diagonal(d2, 0.0)
+  return np.sqrt(d2)
+
+
 def filter_distances(kernel) -> np.ndarray:
   """``D [C, C]`` float32: pairwise Euclidean filter distances (official ``cdist`` in float64,
   then ``.astype(np.float32)``; the diagonal is exactly 0)."""
-  f = filter_matrix(kernel).astype(np.float64)
-  return sp_distance.cdist(f, f, metric='euclidean').astype(np.float32)
+  return distances64(filter_matrix(kernel)).astype(np.float32)
 
 
 def _check_t(t) -> float:
@@ -133,8 +155,7 @@ def log_similarity_distribution(kernel, t: float, *, distances: Optional[np.ndar
   """
   t = _check_t(t)
   if distances is None:
-    f = filter_matrix(kernel).astype(np.float64)
-    d = sp_distance.cdist(f, f, metric='euclidean')
+    d = distances64(filter_matrix(kernel))
   else:
     d = np.asarray(distances, np.float64)
   z = -d * t
@@ -247,7 +268,8 @@ def stable_slots(previous: np.ndarray, new: np.ndarray) -> np.ndarray:
   if previous.shape != new.shape:
     raise ValueError(f'selection sizes differ: {previous.shape} vs {new.shape}')
   keep = set(new.tolist())
-  incoming = [int(j) for j in new if j not in set(previous.tolist())]
+  before = set(previous.tolist())
+  incoming = [int(j) for j in new.tolist() if j not in before]
   out = []
   for j in previous.tolist():
     out.append(int(j) if j in keep else incoming.pop(0))
@@ -293,12 +315,16 @@ def layer_update(kernel, epoch: int, num_epochs: int, m: int, *, prev_scores=Non
   if mode not in SCORE_MODES:
     raise ValueError(f'unknown score mode {mode!r}; allowed: {list(SCORE_MODES)}')
   t = temperature(epoch, num_epochs, t_start, t_end, k)
-  f = filter_matrix(kernel).astype(np.float64)
-  d64 = sp_distance.cdist(f, f, metric='euclidean')
+  d64 = distances64(filter_matrix(kernel))
   d32 = d64.astype(np.float32)
   p = similarity_distribution(None, t, distances=d32)
   if mode == 'faithful':
-    new_scores = kl_importance(p)
+    if prev_scores is not None and not np.all(p > 0):
+      # A row of P with an exact 0 makes that row's score NaN (0 * log 0), and a non-finite
+      # vector is discarded by the bookkeeping: skip the O(C^3) KL, the outcome is identical.
+      new_scores = np.full(p.shape[0], np.nan, np.float32)
+    else:
+      new_scores = kl_importance(p)
   else:
     if not score_temperature_cap > 0:
       raise ValueError(f'score_temperature_cap must be > 0; got {score_temperature_cap!r}')

@@ -76,6 +76,17 @@ def test_distances_match_brute_force():
   assert np.all(np.diag(d) == 0)
 
 
+def test_large_layer_distances_match_brute_force():
+  # The BLAS Gram path of big layers (C^2 d > 2^27) against the brute-force differences.
+  f = np.random.default_rng(4).normal(size=(600, 400)) * 0.05
+  assert 600 * 600 * 400 > fusion.CDIST_MAX_WORK
+  d = fusion.distances64(f)
+  sub = f[:50]
+  ref = np.sqrt(((sub[:, None, :] - f[None, :, :]) ** 2).sum(-1))
+  np.testing.assert_allclose(d[:50], ref, rtol=1e-9)
+  assert np.all(np.diag(d) == 0) and np.all(d >= 0)
+
+
 def test_distribution_rows_and_diagonal():
   w = he_filters()
   f = w.reshape(-1, 16).T.astype(np.float64)
