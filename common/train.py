@@ -568,6 +568,8 @@ def cli(method_cls=Method, default_config: str = 'common/configs/resnet20_digits
     flags.mark_flags_as_required(['workdir'])
 
   def main(argv):
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     config = flags_.config
