@@ -1,0 +1,82 @@
+"""Shared binarizers: each custom_vjp backward equals its closed form; standardisations match NumPy."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common import binarize as B
+
+
+X = jnp.array([-1.5, -1.0, -0.75, -0.25, 0.0, 0.3, 0.5, 0.99, 1.0, 2.0])
+
+
+def test_approx_sign_forward_and_backward():
+  np.testing.assert_array_equal(B.approx_sign(X), np.sign(np.asarray(X)))
+  g = jax.grad(lambda x: jnp.sum(B.approx_sign(x) * jnp.arange(1.0, 11.0)))(X)
+  want = np.arange(1.0, 11.0) * np.maximum(0.0, 2 - 2 * np.abs(np.asarray(X)))
+  np.testing.assert_allclose(g, want, rtol=1e-6)
+
+
+def test_sign_ste_variants():
+  g_id = jax.grad(lambda x: jnp.sum(B.sign_ste(x) * 3.0))(X)
+  np.testing.assert_allclose(g_id, 3.0)
+  g_clip = jax.grad(lambda x: jnp.sum(B.sign_clipped_ste(x) * 3.0))(X)
+  np.testing.assert_allclose(g_clip, 3.0 * (np.abs(np.asarray(X)) <= 1))
+  assert set(np.unique(np.asarray(B.sign_ste(X)))) <= {-1.0, 0.0, 1.0}
+
+
+def test_standardize_per_channel_matches_torch_semantics():
+  w = np.random.RandomState(0).randn(3, 3, 4, 5).astype(np.float32) * 0.1 + 0.3
+  out = np.asarray(B.standardize_per_channel(jnp.asarray(w), scale=2 * np.sqrt(2)))
+  flat = w.reshape(-1, 5)
+  w0 = flat - flat.mean(0)
+  ref = w0 / np.sqrt(w0.var(0, ddof=1) + 1e-5) * 2 * np.sqrt(2)
+  np.testing.assert_allclose(out.reshape(-1, 5), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_standardize_per_sample():
+  a = np.random.RandomState(1).randn(2, 4, 4, 3).astype(np.float32) + 1.0
+  r = np.asarray(B.standardize_per_sample(jnp.asarray(a), subtract_mean=False))
+  s = np.asarray(B.standardize_per_sample(jnp.asarray(a), subtract_mean=True))
+  for i in range(2):
+    np.testing.assert_allclose(r[i], a[i] / np.sqrt(a[i].var(ddof=1) + 1e-5), rtol=1e-5)
+    c = a[i] - a[i].mean()
+    np.testing.assert_allclose(s[i], c / np.sqrt(c.var(ddof=1) + 1e-5), rtol=1e-4, atol=1e-6)
+
+
+def test_recu_activation_scales_gradient_window_only_in_training():
+  a = jnp.asarray(np.random.RandomState(2).randn(2, 3, 3, 2) * 3.0, jnp.float32)
+  np.testing.assert_array_equal(B.recu_activation(a, True), B.recu_activation(a, False))
+  g_eval = jax.grad(lambda x: jnp.sum(B.recu_activation(x, False)))(a)
+  np.testing.assert_allclose(g_eval, np.maximum(0, 2 - 2 * np.abs(np.asarray(a))), rtol=1e-6)
+
+
+def test_binary_conv_sees_binary_inputs_and_scales_by_alpha():
+  seen = {}
+
+  def spy_sign(a, train):
+    b = B.approx_sign(a)
+    seen['a'] = b
+    return b
+
+  layer = B.BinaryConv(4, 3, act_binarizer=spy_sign, weight_binarizer=B.sign_ste,
+                       alpha='uniform')
+  x = jnp.asarray(np.random.RandomState(3).randn(2, 5, 5, 3), jnp.float32)
+  v = layer.init(jax.random.PRNGKey(0), x)
+  assert v['params']['alpha'].shape == (4,)
+  assert (v['params']['alpha'] >= 0).all() and (v['params']['alpha'] < 1).all()
+  y = layer.apply(v, x)
+  assert set(np.unique(np.asarray(seen['a']))) <= {-1.0, 1.0}
+  wb = np.sign(np.asarray(v['params']['kernel']))
+  ref = jax.lax.conv_general_dilated(jnp.sign(x), wb, (1, 1), [(1, 1), (1, 1)],
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(y, np.asarray(ref) * np.asarray(v['params']['alpha']), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_alpha_mean_abs_default_init():
+  init = B.alpha_init('mean_abs_default', fan_in=3 * 3 * 64)
+  a = np.asarray(init(jax.random.PRNGKey(0), (128,)))
+  assert abs(a.mean() - 0.5 / np.sqrt(576)) < 0.05 * 0.5 / np.sqrt(576)   # E|U(-b,b)| = b/2
+  with pytest.raises(ValueError, match='unknown alpha init'):
+    B.alpha_init('zeros', 9)(jax.random.PRNGKey(0), (2,))
