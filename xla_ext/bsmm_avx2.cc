@@ -1,5 +1,5 @@
 // AVX2 + FMA 1xN block-sparse matmul: 4 output channels x 24 pixels (12 ymm accumulators) per
-// register block. Compiled with a target pragma (not -mavx2) so that one build runs everywhere;
+// register block (12 accumulators + 3 pixel vectors + 1 broadcast = all 16 ymm registers). Compiled with a target pragma (not -mavx2) so that one build runs everywhere;
 // bsmm_ffi.cc calls it only when __builtin_cpu_supports says the CPU has AVX2 and FMA.
 #include <immintrin.h>
 #include <stdint.h>
@@ -20,7 +20,7 @@ struct Isa {
   static constexpr int kLanes = 8;
   static constexpr int kVecs = 3;
   static constexpr int kTile = kLanes * kVecs;
-  static constexpr int kMaxRows = 4;  // 12 accumulators + 3 pixel vectors + 1 broadcast = 16 ymm
+  static constexpr bool kWide = false;
 
   static inline Vec Zero() { return _mm256_setzero_ps(); }
   static inline Vec Load(const float* p) { return _mm256_load_ps(p); }
@@ -41,8 +41,14 @@ struct Isa {
     _mm_storeu_ps(dst + 6 * stride, _mm256_extractf128_ps(u2, 1));
     _mm_storeu_ps(dst + 7 * stride, _mm256_extractf128_ps(u3, 1));
   }
-  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, float* panel) {
-    PackRows8x8<kTile>(x, k, valid, panel);
+  // Unused (kWide is false); defined so that the shared code compiles for every ISA.
+  static inline void StoreOct(const Vec* a, float* dst, int64_t stride) {
+    StoreQuad(a[0], a[1], a[2], a[3], dst, stride);
+    StoreQuad(a[4], a[5], a[6], a[7], dst + 4, stride);
+  }
+  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, int64_t cols,
+                                 float* panel) {
+    PackRows8x8<kTile>(x, k, valid, cols, panel);
   }
 };
 

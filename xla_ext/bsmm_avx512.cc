@@ -1,5 +1,5 @@
-// AVX-512 1xN block-sparse matmul: up to 8 output channels x 48 pixels (24 zmm accumulators) per
-// register block. XLA's own dense dot uses 512-bit FMAs where the CPU has them, so the sparse
+// AVX-512 1xN block-sparse matmul: 8 output channels x 48 pixels (24 zmm accumulators + 3 pixel
+// vectors + 1 broadcast of the 32 zmm registers) per register block. XLA's own dense dot uses 512-bit FMAs where the CPU has them, so the sparse
 // kernel must too for the sparsity to turn into a speedup. Chosen at run time (bsmm_ffi.cc).
 #include <immintrin.h>
 #include <stdint.h>
@@ -20,7 +20,7 @@ struct Isa {
   static constexpr int kLanes = 16;
   static constexpr int kVecs = 3;
   static constexpr int kTile = kLanes * kVecs;
-  static constexpr int kMaxRows = 8;  // 24 accumulators + 3 pixel vectors + 1 broadcast of 32 zmm
+  static constexpr bool kWide = true;
 
   static inline Vec Zero() { return _mm512_setzero_ps(); }
   static inline Vec Load(const float* p) { return _mm512_load_ps(p); }
@@ -49,8 +49,40 @@ struct Isa {
     _mm_storeu_ps(dst + 14 * stride, _mm512_extractf32x4_ps(u2, 3));
     _mm_storeu_ps(dst + 15 * stride, _mm512_extractf32x4_ps(u3, 3));
   }
-  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, float* panel) {
-    PackRows8x8<kTile>(x, k, valid, panel);
+  // Two 4x4-per-lane transposes give channels 0-3 (u) and 4-7 (v) of pixel 4L+i in lane L of
+  // u_i / v_i; interleaving their lanes puts a pixel's 8 channels in one 256-bit half.
+  static inline void StoreOct(const Vec* a, float* dst, int64_t stride) {
+    const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    __m512 u[4], v[4];
+    Transpose4(a[0], a[1], a[2], a[3], u);
+    Transpose4(a[4], a[5], a[6], a[7], v);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const __m512 p01 = _mm512_permutex2var_ps(u[i], lo, v[i]);  // pixels i, 4+i
+      const __m512 p23 = _mm512_permutex2var_ps(u[i], hi, v[i]);  // pixels 8+i, 12+i
+      _mm256_storeu_ps(dst + i * stride, _mm512_castps512_ps256(p01));
+      _mm256_storeu_ps(dst + (4 + i) * stride, Upper256(p01));
+      _mm256_storeu_ps(dst + (8 + i) * stride, _mm512_castps512_ps256(p23));
+      _mm256_storeu_ps(dst + (12 + i) * stride, Upper256(p23));
+    }
+  }
+  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, int64_t cols,
+                                 float* panel) {
+    PackRows8x8<kTile>(x, k, valid, cols, panel);
+  }
+
+ private:
+  static inline void Transpose4(Vec a0, Vec a1, Vec a2, Vec a3, Vec* u) {
+    const __m512 t0 = _mm512_unpacklo_ps(a0, a1), t1 = _mm512_unpackhi_ps(a0, a1);
+    const __m512 t2 = _mm512_unpacklo_ps(a2, a3), t3 = _mm512_unpackhi_ps(a2, a3);
+    u[0] = _mm512_shuffle_ps(t0, t2, 0x44);
+    u[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
+    u[2] = _mm512_shuffle_ps(t1, t3, 0x44);
+    u[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
+  }
+  static inline __m256 Upper256(__m512 a) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
   }
 };
 

@@ -38,7 +38,7 @@ struct Isa {
   static constexpr int kLanes = 8;
   static constexpr int kVecs = 2;
   static constexpr int kTile = kLanes * kVecs;
-  static constexpr int kMaxRows = 4;
+  static constexpr bool kWide = false;
 
   static inline Vec Zero() { return Vec{}; }
   static inline Vec Load(const float* p) {
@@ -66,9 +66,15 @@ struct Isa {
       d[3] = a3.v[i];
     }
   }
-  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, float* panel) {
-    for (int64_t j = 0; j < valid; ++j)
-      for (int64_t c = 0; c < k; ++c) panel[c * kTile + j] = x[j * k + c];
+  // Unused (kWide is false); defined so that the shared code compiles for every ISA.
+  static inline void StoreOct(const Vec* a, float* dst, int64_t stride) {
+    StoreQuad(a[0], a[1], a[2], a[3], dst, stride);
+    StoreQuad(a[4], a[5], a[6], a[7], dst + 4, stride);
+  }
+  static inline void PackRowsF32(const float* x, int64_t k, int64_t valid, int64_t cols,
+                                 float* panel) {
+    for (int64_t c = 0; c < k; ++c)
+      for (int64_t j = 0; j < cols; ++j) panel[c * kTile + j] = j < valid ? x[j * k + c] : 0.0f;
   }
 };
 
