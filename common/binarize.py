@@ -8,14 +8,24 @@
 * :func:`standardize_per_channel` / :func:`standardize_per_sample` — the (unbiased, eps-inside)
   standardisations the repos apply before binarizing weights / activations; ordinary differentiable
   functions (the repos do not detach them).
-* :class:`BinaryConv` — a linen conv that binarizes its input with ``act_binarizer``, convolves with
-  the (optionally ``weight_binarizer``-ed) kernel and multiplies by a learnable per-output-channel
-  ``alpha`` (applied after the conv, before the following BN, as both repos do).
+* :class:`BinaryConv` / :class:`BinaryDense` — linen layers that binarize their input with
+  ``act_binarizer``, apply the (optionally ``weight_binarizer``-ed) kernel and multiply by a
+  learnable per-output-channel ``alpha`` (after the conv, before the following BN, as both repos do).
+* :func:`binary_kernel_paths` / :func:`binary_kernel_where` — find the kernels of those layers in a
+  parameter tree (the leaves a method's weight binarizer must transform).
 
 Weight binarizers that depend on per-epoch scalars (ReCU's tau, SiMaN's percentile projection) are
 applied to the parameter tree before ``apply`` (``common.train.Method.effective_params`` /
-``post_step``), so the scalars live in ``TrainState.extra`` and never force a recompile; stateless
-ones can be given to the layer as ``weight_binarizer``.
+``post_step``), so the scalars live in ``TrainState.extra`` as traced arrays and never force a
+recompile; stateless ones can be given to the layer as ``weight_binarizer``. The usual pattern::
+
+    where = binary_kernel_where(params)                  # host side, once
+    eff = transforms.map_kernels(lambda w: my_binarizer(w, extra['tau']), params, where=where)
+    logits = model.apply({'params': eff, ...}, x, train=True)   # layers: weight_binarizer=None
+
+A binary layer is recognised by its parameters: a module holding both ``kernel`` and ``alpha``
+(every :class:`BinaryConv` / :class:`BinaryDense` with ``alpha`` set; no full-precision layer of the
+zoo has an ``alpha``).
 
 PyTorch's ``sign(0) = 0`` is kept (``jnp.sign`` agrees); with float weights/activations an exact 0
 has probability ~0 after the standardisations.
@@ -23,7 +33,7 @@ has probability ~0 after the standardisations.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -185,3 +195,54 @@ class BinaryConv(nn.Module):
       a = self.param('alpha', alpha_init(self.alpha, c_in * k[0] * k[1]), (self.features,))
       y = y * a
     return y
+
+
+class BinaryDense(nn.Module):
+  """``act_binarizer(x) @ weight_binarizer(kernel) * alpha``; no bias (spec §0, for linear layers).
+
+  Attributes as :class:`BinaryConv`; kernel ``[C_in, C_out]``; input ``[B, C_in]`` ->
+  ``[B, C_out]``.
+  """
+  features: int
+  act_binarizer: Optional[Callable] = None
+  weight_binarizer: Optional[Callable] = None
+  alpha: Optional[str] = 'uniform'
+  kernel_init: Callable = nn.initializers.kaiming_normal()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c_in = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (c_in, self.features))
+    if self.act_binarizer is not None:
+      x = self.act_binarizer(x, train)
+    w = self.weight_binarizer(kernel) if self.weight_binarizer is not None else kernel
+    y = x @ w.astype(x.dtype)
+    if self.alpha is not None:
+      y = y * self.param('alpha', alpha_init(self.alpha, c_in), (self.features,))
+    return y
+
+
+def binary_kernel_paths(params) -> List[Tuple[str, ...]]:
+  """Paths ``(..., 'kernel')`` of the binary layers' kernels, in tree order.
+
+  A binary layer is a module dict holding both ``kernel`` and ``alpha`` (see the module docstring).
+  """
+  out = []
+
+  def visit(node, prefix):
+    if not isinstance(node, dict) and not hasattr(node, 'items'):
+      return
+    keys = list(node.keys())
+    if 'kernel' in keys and 'alpha' in keys and not hasattr(node['kernel'], 'items'):
+      out.append(prefix + ('kernel',))
+    for k in keys:
+      visit(node[k], prefix + (str(k),))
+
+  visit(params, ())
+  return out
+
+
+def binary_kernel_where(params) -> Callable[[Tuple[str, ...], Any], bool]:
+  """``where(path, leaf)`` selector (``common.transforms``) of the binary kernels of ``params``."""
+  paths = frozenset(binary_kernel_paths(params))
+  return lambda path, leaf: tuple(path) in paths

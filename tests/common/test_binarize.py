@@ -80,3 +80,29 @@ def test_alpha_mean_abs_default_init():
   assert abs(a.mean() - 0.5 / np.sqrt(576)) < 0.05 * 0.5 / np.sqrt(576)   # E|U(-b,b)| = b/2
   with pytest.raises(ValueError, match='unknown alpha init'):
     B.alpha_init('zeros', 9)(jax.random.PRNGKey(0), (2,))
+
+
+def test_binary_dense_and_binary_kernel_paths():
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.Conv(4, (3, 3), name='stem')(x)                      # full precision: no alpha
+      x = B.BinaryConv(4, act_binarizer=B.recu_activation, name='b1')(x, train)
+      x = jnp.mean(x, axis=(1, 2))
+      return B.BinaryDense(3, act_binarizer=B.plain_activation, weight_binarizer=B.sign_ste,
+                           name='fc')(x, train)
+
+  x = jnp.asarray(np.random.RandomState(4).randn(2, 5, 5, 2), jnp.float32)
+  v = Net().init(jax.random.PRNGKey(0), x)
+  assert B.binary_kernel_paths(v['params']) == [('b1', 'kernel'), ('fc', 'kernel')]
+  where = B.binary_kernel_where(v['params'])
+  assert where(('fc', 'kernel'), None) and not where(('stem', 'kernel'), None)
+  # BinaryDense alone: sign(x) @ sign(W) * alpha against NumPy.
+  layer = B.BinaryDense(3, act_binarizer=B.plain_activation, weight_binarizer=B.sign_ste)
+  h = jnp.asarray(np.random.RandomState(5).randn(4, 6), jnp.float32)
+  vd = layer.init(jax.random.PRNGKey(1), h)
+  k, a = np.asarray(vd['params']['kernel']), np.asarray(vd['params']['alpha'])
+  np.testing.assert_allclose(layer.apply(vd, h), np.sign(np.asarray(h)) @ np.sign(k) * a,
+                             rtol=1e-5, atol=1e-5)
