@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
@@ -427,8 +428,17 @@ def _check_options(backend: str, num_threads, isa: str) -> None:
   if backend == 'ffi' and not xla_ext.available():
     raise RuntimeError(f'backend="ffi" needs the xla_ext C++ kernel, which is not available: '
                        f'{xla_ext.load_error()}')
-  if backend == 'ffi' and isa != 'auto' and not xla_ext.isa_supported(isa):
+  if backend != 'xla' and isa != 'auto' and xla_ext.available() and not xla_ext.isa_supported(isa):
     raise ValueError(f'isa={isa!r} is not supported by this CPU (best: {xla_ext.best_isa()!r})')
+  if backend == 'auto' and not xla_ext.available():
+    _warn_fallback_once()
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_fallback_once() -> None:
+  warnings.warn(f'onexn.sparse: the xla_ext CPU kernel is not available ({xla_ext.load_error()}); '
+                f'backend="auto" runs the dense pure-JAX fallback (no sparse speedup)',
+                RuntimeWarning, stacklevel=3)
 
 
 def sparse_matmul(x, packed: PackedBlockSparse, *, backend: str = 'auto', num_threads: int = 0,
