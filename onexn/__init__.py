@@ -18,3 +18,4 @@ from onexn.permute import (AbsorbPlan, absorb_plan, block_permutation_from_mask,
 from onexn.pruning import (block_mask, block_scores, filter_mask, inverse_permutation,
                            random_block_mask, rearrange_permutation, rearranged_block_mask,
                            weight_mask)
+from onexn.export import SparseModel, end_to_end_latency, export_sparse

@@ -1,0 +1,346 @@
+"""Export a 1xN-pruned model as a sparse inference function, and measure its CPU latency (spec §2.2 step 6, §2.7).
+
+The official export writes ``W * mask`` as a dense ONNX model and lets TVM convert 1x1 convs to BSR
+(``model_tune.py``); the filter rearrangement is never applied to the weights, so rearranged layers
+are not N-consecutive there (spec §2.7). :func:`export_sparse` does it properly:
+
+1. masks applied (``W * mask``) to the fine-tuned params;
+2. for every masked layer, in forward order, the permutation that makes its mask 1xN-consecutive
+   (:func:`onexn.permute.block_permutation_from_mask`; identity for unrearranged layers) is
+   applied **physically** where one layer alone reads the output: the layer, its BN, the depthwise
+   conv + BN between, and the consumer's input channels (:func:`onexn.permute.permute_pair`);
+   where a residual sum or the logits read the output (ResNet downsample convs and the fc of the
+   released ResNet-50 path) the layer is packed with ``perm`` and its output gathered back into the
+   original order by ``onexn.sparse``;
+3. every layer with pruned blocks is packed (``onexn.sparse.pack``) and runs through
+   ``onexn.sparse.sparse_conv`` / ``sparse_matmul`` (the ``xla_ext`` CPU kernel); layers with
+   nothing pruned (classifier at rate 0), the stem and depthwise convs, and masks that are not 1xN
+   (weight / filter patterns, ``straddle_blocks`` groups) stay dense.
+
+The forward is the model's own ``__call__`` with those conv/dense modules intercepted
+(``flax.linen.intercept_methods``), so BN, activations, residual sums and pooling are the zoo's code.
+It equals the masked dense model in eval mode up to float32 summation order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import masks as common_masks
+from common import transforms
+from onexn import layer_policy, permute, sparse
+
+Path = Tuple[str, ...]
+
+
+@dataclasses.dataclass
+class SparseModel:
+  """A 1xN-pruned network as an inference function ``logits = sparse_model(x)`` (eval mode).
+
+  Deployment form (what TVM does to the official ONNX export too): every BatchNorm that follows a
+  conv is folded into it (``W' = W * gamma / sqrt(var + eps)``, ``b' = beta - mean * gamma /
+  sqrt(var + eps)``; column scaling keeps the 1xN pattern), depthwise convs run as a sum of
+  ``kh*kw`` shifted, per-channel-scaled slices (XLA:CPU's grouped convolution is ~40x slower at
+  MobileNet shapes, which would hide every 1x1 saving), other dense convs through
+  ``lax.conv_general_dilated``, and the packed layers through ``onexn.sparse``.
+
+  Attributes:
+    model: the linen module whose ``__call__`` is run with its conv / dense / BN modules intercepted.
+    variables: ``{'params', 'batch_stats'}`` after masking and physical permutation.
+    weights: ``{path_str: {'kernel', 'bias'}}`` BN-folded weights of the layers run densely.
+    packed: ``{path_str: onexn.sparse.PackedBlockSparse}`` (BN folded) run by the sparse kernel.
+    bias: ``{path_str: [C_out]}`` folded bias of every conv / dense layer.
+    folded_bn: BN paths folded into their conv (identity in the forward).
+    absorbed: paths whose rearrangement was applied physically.
+    gathers: paths packed with ``perm`` (output gathered back: a residual sum or the logits read it).
+    dense: ``{path: reason}`` of masked layers left dense.
+    backend: ``onexn.sparse`` backend ('auto' = the C++ kernel on CPU).
+  """
+  model: nn.Module
+  variables: Dict[str, Any]
+  weights: Dict[str, Dict[str, Any]]
+  packed: Dict[str, sparse.PackedBlockSparse]
+  bias: Dict[str, Any]
+  folded_bn: Tuple[str, ...]
+  absorbed: List[Path]
+  gathers: List[Path]
+  dense: Dict[Path, str]
+  backend: str = 'auto'
+
+  def __post_init__(self):
+    self._fn = jax.jit(sparse_apply_fn(self.model, self.folded_bn, self.backend))
+
+  def __call__(self, x):
+    """``x [B, H, W, C] -> logits [B, num_classes]``."""
+    return self._fn(self.variables, self.weights, self.packed, self.bias, x)
+
+  def summary(self) -> Dict[str, Any]:
+    """Per-layer export report (host side): density and how each masked layer is run."""
+    return {'sparse': {p: round(float(pk.density), 4) for p, pk in self.packed.items()},
+            'absorbed': [transforms.path_str(p) for p in self.absorbed],
+            'gathered': [transforms.path_str(p) for p in self.gathers],
+            'dense': {transforms.path_str(p): r for p, r in self.dense.items()}}
+
+
+def depthwise_conv(x, kernel, stride, padding):
+  """Depthwise conv ``[B,H,W,C] * [kh,kw,1,C]`` as a sum of shifted slices (one fused XLA loop)."""
+  kh, kw = kernel.shape[:2]
+  sh, sw = _pair(stride)
+  (pt, pb), (pl, pr) = padding
+  b, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+  acc = None
+  for dy in range(kh):
+    for dx in range(kw):
+      t = jax.lax.slice(xp, (0, dy, dx, 0), (b, dy + (ho - 1) * sh + 1, dx + (wo - 1) * sw + 1, c),
+                        (1, sh, sw, 1)) * kernel[dy, dx, 0]
+      acc = t if acc is None else acc + t
+  return acc
+
+
+def _explicit_padding(padding, in_hw, kernel_hw, strides):
+  if isinstance(padding, str):
+    return tuple(tuple(int(v) for v in p) for p in
+                 jax.lax.padtype_to_pads(in_hw, kernel_hw, strides, padding.upper()))
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  return tuple(tuple(int(v) for v in p) for p in padding)
+
+
+def sparse_apply_fn(model: nn.Module, folded_bn: Tuple[str, ...], backend: str) -> Callable:
+  """``(variables, weights, packed, bias, x) -> logits``: ``model.apply`` with intercepted layers."""
+  folded = set(folded_bn)
+
+  def apply(variables, weights, packed, bias, x):
+    def interceptor(next_fun, args, kwargs, context):
+      mod = context.module
+      if context.method_name != '__call__':
+        return next_fun(*args, **kwargs)
+      key = transforms.path_str(tuple(mod.path))
+      if isinstance(mod, nn.BatchNorm) and key in folded:
+        return args[0]
+      if not isinstance(mod, (nn.Conv, nn.Dense)) or key not in bias:
+        return next_fun(*args, **kwargs)
+      inp = args[0]
+      if key in packed:
+        if isinstance(mod, nn.Conv):
+          y = sparse.sparse_conv(inp, packed[key], stride=_pair(mod.strides),
+                                 padding=mod.padding, backend=backend)
+        else:
+          y = sparse.sparse_matmul(inp, packed[key], backend=backend)
+      elif isinstance(mod, nn.Dense):
+        y = inp @ weights[key]['kernel']
+      else:
+        k = weights[key]['kernel']
+        strides = _pair(mod.strides)
+        pads = _explicit_padding(mod.padding, inp.shape[1:3], k.shape[:2], strides)
+        if mod.feature_group_count > 1 and mod.feature_group_count == inp.shape[-1] == k.shape[-1]:
+          y = depthwise_conv(inp, k, strides, pads)
+        else:
+          y = jax.lax.conv_general_dilated(inp, k, strides, pads,
+                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                           feature_group_count=mod.feature_group_count)
+      return y + bias[key]
+
+    with nn.intercept_methods(interceptor):
+      return model.apply(variables, x, train=False)
+
+  return apply
+
+
+def _pair(s):
+  if s is None:
+    return (1, 1)
+  if isinstance(s, int):
+    return (s, s)
+  return tuple(int(v) for v in s)
+
+
+def fold_bn(params, batch_stats, specs, eps: float = 1e-5):
+  """BN-folded ``{path_str: (kernel, bias)}`` of every conv/dense layer (spec-driven, host side).
+
+  A conv followed by BN (``spec.bn``) becomes ``kernel * s``, ``(bias - mean) * s + beta`` with
+  ``s = gamma / sqrt(var + eps)`` (eval-mode BN, Flax's biased running variance); other layers
+  keep their kernel and bias (0 when absent).
+  """
+  out = {}
+  for s in specs:
+    if s.kind not in ('conv', 'dense'):
+      continue
+    path = tuple(s.path)
+    k = transforms.get_path(params, path + ('kernel',))
+    b = (transforms.get_path(params, path + ('bias',)) if s.bias
+         else jnp.zeros((k.shape[-1],), k.dtype))
+    if s.bn:
+      bn = tuple(s.bn)
+      gamma = transforms.get_path(params, bn + ('scale',))
+      beta = transforms.get_path(params, bn + ('bias',))
+      mean = transforms.get_path(batch_stats, bn + ('mean',))
+      var = transforms.get_path(batch_stats, bn + ('var',))
+      scale = gamma / jnp.sqrt(var + eps)
+      k = k * scale
+      b = (b - mean) * scale + beta
+    out[transforms.path_str(path)] = (k, b)
+  return out
+
+
+def export_sparse(params, batch_stats, masks, model_cfg, *, n: int,
+                  num_classes: Optional[int] = None, specs: Optional[Sequence[Any]] = None,
+                  model: Optional[nn.Module] = None, absorb: bool = True,
+                  use_sparse_kernel: bool = True, backend: str = 'auto') -> SparseModel:
+  """Turns a 1xN-pruned model into a sparse inference function (module docstring; spec §2.7).
+
+  Args:
+    params, batch_stats: the (fine-tuned) variables; masked weights need not be zero.
+    masks: the mask tree of ``onexn.model_masks`` (block patterns, plain or rearranged).
+    model_cfg: ``config.model`` (``name``, ``widths``, ``kwargs``).
+    n: block size N the masks were made with.
+    num_classes: classifier width (default: from the last kernel of ``params``).
+    specs: the model's ``layer_specs`` (default: from ``model_cfg``).
+    model: the linen module (default: ``common.models.get_model`` of ``model_cfg``).
+    absorb: apply rearrangements physically where possible (False: every rearranged layer is
+      packed with ``perm`` and gathers its output, the fallback of step 2).
+    use_sparse_kernel: False exports the same deployment graph with every layer dense (the fair
+      dense baseline of a latency comparison).
+    backend: ``onexn.sparse`` backend.
+  Returns:
+    a :class:`SparseModel`; ``sparse_model(x)`` equals the masked dense model's eval logits.
+  """
+  from common import models
+  from common.models import layers as model_layers
+  kw = model_cfg.get('kwargs', None) if hasattr(model_cfg, 'get') else None
+  kw = dict(kw.to_dict() if hasattr(kw, 'to_dict') else (kw or {}))
+  widths = model_cfg.get('widths', None) if hasattr(model_cfg, 'get') else None
+  if num_classes is None:
+    num_classes = int(list(transforms.select(params).values())[-1].shape[-1])
+  if specs is None:
+    specs = models.layer_specs(model_cfg.name, widths=widths, num_classes=num_classes, **kw)
+  if model is None:
+    model = models.get_model(model_cfg.name, num_classes, widths=widths, **kw)
+  params = common_masks.apply_masks(params, masks)
+  to_pack, absorbed, gathers, dense = {}, [], [], {}
+  for s in layer_policy.masked_layers(specs):
+    path = tuple(s.path)
+    mask = np.asarray(transforms.get_path(masks, path + ('kernel',)))
+    if not use_sparse_kernel:
+      dense[path] = 'use_sparse_kernel=False'
+      continue
+    if mask.all():
+      dense[path] = 'nothing pruned'
+      continue
+    if s.out_ch % n:
+      dense[path] = f'C_out={s.out_ch} not divisible by N={n} (straddling groups)'
+      continue
+    perm = permute.block_permutation_from_mask(mask, n)
+    if perm is None:
+      dense[path] = f'mask is not a 1x{n} block mask in any channel order'
+      continue
+    pack_perm = None
+    if not np.array_equal(perm, np.arange(s.out_ch)):
+      plan = permute.absorb_plan(specs, path) if absorb else None
+      if plan is not None:
+        params, batch_stats, masks = permute.permute_pair(params, batch_stats, masks, plan, perm)
+        absorbed.append(path)
+      else:
+        pack_perm = perm
+        gathers.append(path)
+    to_pack[path] = pack_perm
+  folded = fold_bn(params, batch_stats, specs, model_layers.BN_EPS)
+  weights, packed, bias = {}, {}, {}
+  for key, (k, b) in folded.items():
+    path = tuple(key.split('/'))
+    bias[key] = b
+    if path in to_pack:
+      mask = transforms.get_path(masks, path + ('kernel',))
+      packed[key] = sparse.pack(k, mask, n, perm=to_pack[path], layer=path)
+    else:
+      weights[key] = {'kernel': k}
+  folded_bn = tuple(transforms.path_str(tuple(s.bn)) for s in specs
+                    if s.kind in ('conv', 'dense') and s.bn)
+  return SparseModel(model, {'params': params, 'batch_stats': batch_stats}, weights, packed, bias,
+                     folded_bn, absorbed, gathers, dense, backend)
+
+
+def time_fn(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> float:
+  """Median wall time in seconds of ``fn()`` (results blocked on), after ``warmup`` calls."""
+  for _ in range(max(warmup, 1)):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(max(repeats, 1)):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int = 4,
+                       model_name: str = 'mobilenet_v2', widths=None, input_hw=(224, 224),
+                       batch: int = 1, num_classes: int = 1000, rearrange: bool = True,
+                       repeats: int = 20, seed: int = 0, check: bool = True,
+                       backend: str = 'auto', model_kwargs=None) -> List[Dict[str, Any]]:
+  """End-to-end CPU latency of a dense model vs its 1xN-sparse export (spec §2.6, Fig. 5).
+
+  Random weights, BN statistics of the input (latency does not depend on the values); the masks are
+  the official ones (``onexn.model_masks``: uniform p, classifier dense, rearrangement rules).
+
+  Args:
+    sparsities: pruning rates p to time.
+    n: block size N (the paper's latency figure uses 1x4).
+    model_name, widths, input_hw, batch, num_classes, model_kwargs: the network (default:
+      MobileNet-V2 224x224, batch 1, as Fig. 5).
+    rearrange: compute masks with filter rearrangement (exported with the physical permutation).
+    repeats: timed calls per measurement (median reported).
+    check: also report the max |sparse - masked dense| logit difference.
+  Returns:
+    one dict per p: ``p``, ``zoo_dense_ms`` (the zoo model under XLA, for context),
+    ``dense_ms`` (the same deployment graph as the export with every layer dense: BN folded,
+    fast depthwise), ``sparse_ms``, ``speedup = dense_ms / sparse_ms`` (what 1xN sparsity buys),
+    ``sparse_layers``, ``absorbed``, ``gathered``, ``max_rel_diff`` (vs the masked zoo model,
+    relative to its largest logit).
+  """
+  import ml_collections
+  from common import models
+  model = models.get_model(model_name, num_classes, widths=widths, **(model_kwargs or {}))
+  specs = models.layer_specs(model_name, widths=widths, input_hw=tuple(input_hw),
+                             num_classes=num_classes, **(model_kwargs or {}))
+  key = jax.random.PRNGKey(seed)
+  x = jax.random.normal(jax.random.fold_in(key, 1), (batch,) + tuple(input_hw) + (3,))
+  v = jax.jit(lambda k, x: model.init(k, x, train=False))(key, x[:1])
+  # BN statistics calibrated on the input (one train-mode pass: running = 0.9 old + 0.1 batch),
+  # so that activations and logits have unit scale and the exactness check means something.
+  _, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(v, x)
+  stats = jax.tree.map(lambda new, old: (new - 0.9 * old) / 0.1, upd['batch_stats'],
+                       v['batch_stats'])
+  params = v['params']
+  zoo_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  zoo_ms = 1e3 * time_fn(lambda: zoo_fn({'params': params, 'batch_stats': stats}, x), repeats)
+  rows = []
+  for p in sparsities:
+    c = ml_collections.ConfigDict({'seed': seed, 'model': {'name': model_name, 'widths': widths,
+                                                           'kwargs': dict(model_kwargs or {})},
+                                   'method': {'pattern': 'block', 'block_size_n': n,
+                                              'sparsity': float(p), 'rearrange': rearrange}})
+    m = layer_policy.model_masks(params, c, specs=specs)
+    kw = dict(n=n, num_classes=num_classes, specs=specs, model=model, backend=backend)
+    dm = export_sparse(params, stats, m, c.model, use_sparse_kernel=False, **kw)
+    sm = export_sparse(params, stats, m, c.model, **kw)
+    dense_ms = 1e3 * time_fn(lambda: dm(x), repeats)
+    sparse_ms = 1e3 * time_fn(lambda: sm(x), repeats)
+    row = {'p': float(p), 'n': n, 'zoo_dense_ms': zoo_ms, 'dense_ms': dense_ms,
+           'sparse_ms': sparse_ms, 'speedup': dense_ms / sparse_ms,
+           'sparse_layers': len(sm.packed), 'absorbed': len(sm.absorbed),
+           'gathered': len(sm.gathers)}
+    if check:
+      masked_vars = {'params': common_masks.apply_masks(params, m), 'batch_stats': stats}
+      ref = zoo_fn(masked_vars, x)
+      row['max_rel_diff'] = float(jnp.max(jnp.abs(sm(x) - ref)) / jnp.max(jnp.abs(ref)))
+    rows.append(row)
+  return rows
