@@ -201,7 +201,7 @@ def test_avgpool_pad_shortcut_numpy():
 
 def test_imagenet_bn_gamma_init():
   m = models.get_model('recu_resnet18', 10, widths=[4, 8, 16, 32])
-  v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  v = jax.jit(lambda x: m.init(jax.random.PRNGKey(0), x, train=False))(jnp.zeros((1, 32, 32, 3)))
   scales = {'/'.join(k.key for k in p): x for p, x in
             jax.tree_util.tree_leaves_with_path(v['params']) if p[-1].key == 'scale'}
   assert len(scales) == 1 + 2 * 8 + 3 + 1   # stem, 2 per block, 3 downsample BNs, BN1d
@@ -248,8 +248,8 @@ def test_binary_layers_see_only_pm1_and_fp_stem_classifier():
   """Every BinaryConv multiplies {-1,+1} activations by {-1,+1} weights; the stem conv and the
   classifier run on the unbinarized float parameters."""
   m = models.get_model('recu_resnet20', 10, widths=[4, 8, 16])
-  x = jnp.asarray(np.random.default_rng(5).normal(size=(4, 32, 32, 3)), jnp.float32)
-  v = m.init(jax.random.PRNGKey(0), x, train=False)
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 32, 32, 3)), jnp.float32)
+  v = jax.jit(lambda x: m.init(jax.random.PRNGKey(0), x, train=False))(x)
   eff = recu_train.binarize_params(v['params'], jnp.float32(0.9))
   seen = []
 
