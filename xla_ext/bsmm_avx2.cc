@@ -13,7 +13,7 @@
 
 namespace {
 
-#include "bsmm_avx_pack.inc"
+#include "bsmm_avx_pack.h"
 
 struct Isa {
   using Vec = __m256;
@@ -54,7 +54,7 @@ struct Isa {
 
 }  // namespace
 
-#include "bsmm_impl.inc"
+#include "bsmm_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx2 = {"avx2", Isa::kTile, &RunTiles};

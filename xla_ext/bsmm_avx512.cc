@@ -13,7 +13,7 @@
 
 namespace {
 
-#include "bsmm_avx_pack.inc"
+#include "bsmm_avx_pack.h"
 
 struct Isa {
   using Vec = __m512;
@@ -120,7 +120,7 @@ struct Isa {
 
 }  // namespace
 
-#include "bsmm_impl.inc"
+#include "bsmm_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx512 = {"avx512", Isa::kTile, &RunTiles};

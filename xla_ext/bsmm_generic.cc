@@ -80,7 +80,7 @@ struct Isa {
 
 }  // namespace
 
-#include "bsmm_impl.inc"
+#include "bsmm_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmGeneric = {"generic", Isa::kTile, &RunTiles};
