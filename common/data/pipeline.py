@@ -1,150 +1,275 @@
-"""In-memory and random-access datasets with deterministic, per-host-sharded batching.
+"""Deterministic, per-host-sharded batching over a random-access split (the ``Dataset`` contract).
 
-A :class:`Dataset` yields ``{'image': float32 [B, H, W, C], 'label': int32 [B]}`` batches. The order
-of epoch ``e`` is a pure function of ``(seed, e)``, so a run resumed at an epoch boundary sees the
-same batches as an uninterrupted one. With ``process_count = P`` each process receives rows
-``[p * B/P, (p+1) * B/P)`` of every global batch (disjoint slices, the same number of batches on
-every process, possibly short or empty slices of the last eval batch).
+A :class:`Dataset` yields ``{'image': float32 [B, H, W, C], 'label': int32 [B]}`` batches.
 
-Augmentation runs on the host in vectorised NumPy (CIFAR-sized data) or per image (ImageNet-sized
-data, decoded lazily); a background thread keeps ``prefetch`` batches ready.
+Determinism: the example order of epoch ``e`` is a pure function of ``(seed, e)`` and every
+augmentation draw of an example is a function of ``(seed, e, step, position in the global batch)``,
+so (i) a run resumed at an epoch boundary sees exactly the batches of an uninterrupted run and (ii)
+the augmented images do not depend on how many processes share the batch.
+
+Sharding: with ``process_count = P`` process ``p`` receives rows ``[p * B/P, (p+1) * B/P)`` of every
+global batch of ``B`` rows: disjoint slices whose concatenation over ``p`` is the single-process
+batch; every process gets the same number of batches (a short last eval batch gives short or empty
+slices, which ``common.train`` pads).
+
+Host-side work runs in a background thread that keeps ``prefetch`` batches ready.
 """
 from __future__ import annotations
 
 import queue
+import re
 import threading
-from typing import Callable, Dict, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 Batch = Dict[str, np.ndarray]
 
-# (mean, std) per channel, on images scaled to [0, 1].
+# (mean, std) per RGB channel of images scaled to [0, 1].
 NORMALIZATIONS = {
-    # DCFF / 1xN / White-Box / Jackpot CIFAR loaders (shared spec §0.4).
+    # DCFF / 1xN / White-Box / Jackpot CIFAR loaders (pruning spec §0.4).
     'cifar': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    # ImageNet statistics (ImageNet loaders; ReCU / SiMaN use them on CIFAR too).
+    # FFSD's CIFAR-100 loader (ffsd-fdda spec A4).
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    # ImageNet statistics (every ImageNet loader; ReCU / SiMaN and LEC use them on CIFAR too).
     'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     'none': ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
-
-def normalization(name: str):
-  """``(mean [3], std [3])`` arrays of a named normalisation; ValueError lists the names."""
-  if name not in NORMALIZATIONS:
-    raise ValueError(f'unknown normalization {name!r}; allowed: {sorted(NORMALIZATIONS)}')
-  mean, std = NORMALIZATIONS[name]
-  return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+Normalization = Union[str, Tuple[Sequence[float], Sequence[float]]]
 
 
-def random_crop_flip(images: np.ndarray, rng: np.random.RandomState, pad: int, flip: bool):
-  """Zero-pad by ``pad``, random crop back to size, random horizontal flip (p = 0.5).
+def normalization(spec: Normalization) -> Tuple[np.ndarray, np.ndarray]:
+  """``(mean [3], std [3])`` float32 of a named normalisation or of an explicit ``(mean, std)``.
 
-  ``images [B, H, W, C]`` (any dtype) -> same shape; one crop offset and flip per image, the
-  torchvision ``RandomCrop(padding=pad)`` + ``RandomHorizontalFlip`` pair.
+  Names: the keys of ``NORMALIZATIONS``. Raises ValueError for an unknown name, a wrong length or a
+  non-positive std.
   """
-  b, h, w, _ = images.shape
-  if pad:
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    oy = rng.randint(0, 2 * pad + 1, b)
-    ox = rng.randint(0, 2 * pad + 1, b)
-    rows = oy[:, None] + np.arange(h)[None, :]
-    cols = ox[:, None] + np.arange(w)[None, :]
-    images = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-  if flip:
-    do = rng.rand(b) < 0.5
-    images = np.where(do[:, None, None, None], images[:, :, ::-1], images)
-  return images
+  if isinstance(spec, str):
+    if spec not in NORMALIZATIONS:
+      raise ValueError(f'unknown normalization {spec!r}; allowed: {sorted(NORMALIZATIONS)} or an '
+                       'explicit (mean, std) pair of 3-vectors')
+    spec = NORMALIZATIONS[spec]
+  try:
+    mean, std = (np.asarray(v, np.float32).reshape(-1) for v in spec)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'normalization must be a name or a (mean, std) pair; got {spec!r}') from e
+  if mean.shape not in ((1,), (3,)) or std.shape != mean.shape or not (std > 0).all():
+    raise ValueError(f'normalization (mean, std) must be two equal-length 1- or 3-vectors with '
+                     f'std > 0; got {spec!r}')
+  return np.broadcast_to(mean, (3,)).copy(), np.broadcast_to(std, (3,)).copy()
+
+
+def uniforms(seeds: np.ndarray, k: int) -> np.ndarray:
+  """``k`` uniform [0, 1) numbers per example from its integer seed (splitmix64, vectorised).
+
+  ``seeds [n]`` -> float64 ``[n, k]``. A counter-based generator, so the draws of an example depend
+  only on its own seed (not on which other examples share its slice of the batch).
+  """
+  s = np.asarray(seeds, np.uint64).reshape(-1, 1)
+  z = s * np.uint64(0x9E3779B97F4A7C15) + (np.arange(1, k + 1, dtype=np.uint64)
+                                           * np.uint64(0xD1B54A32D192ED03))[None, :]
+  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  z = z ^ (z >> np.uint64(31))
+  return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+_SPLIT_RE = re.compile(r'^(\w+)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$')
+
+
+def parse_split(split: str, allowed: Sequence[str]) -> Tuple[str, Optional[Tuple]]:
+  """``'train'`` -> ``('train', None)``; ``'train[:5000]'`` / ``'test[10%:]'`` -> base + bounds.
+
+  The bounds ``((start, is_percent), (stop, is_percent))`` follow Python slicing (negative counts
+  from the end, percentages of the split size); resolve them with :func:`resolve_bounds`.
+  """
+  m = _SPLIT_RE.match(str(split).replace(' ', ''))
+  if not m or m.group(1) not in allowed:
+    raise ValueError(f'unknown split {split!r}; allowed: {list(allowed)}, optionally sliced as '
+                     "'train[:5000]' or 'train[10%:20%]'")
+  if m.group(0).find('[') < 0:
+    return m.group(1), None
+  a, ap, b, bp = m.group(2, 3, 4, 5)
+  return m.group(1), ((int(a) if a else None, bool(ap)), (int(b) if b else None, bool(bp)))
+
+
+def resolve_bounds(bounds, n: int) -> Tuple[int, int]:
+  """``[start, stop)`` row range of a parsed slice over a split of ``n`` examples."""
+  def one(v, pct):
+    return v if v is None or not pct else int(round(v * n / 100))
+  (a, ap), (b, bp) = bounds
+  start, stop, _ = slice(one(a, ap), one(b, bp)).indices(n)
+  return start, max(start, stop)
+
+
+# get(rows [n] int64, train: bool, seeds [n] int64) -> (images float32 [n, H, W, C], labels [n])
+GetFn = Callable[[np.ndarray, bool, np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
 
 class Dataset:
   """A split of a data set: random access to examples plus deterministic batching.
 
+  Attributes:
+    name: data set name; num_examples: split size; num_classes: label count; image_shape:
+      ``(H, W, C)`` of the produced images; split: the split string it was loaded with; seed: the
+      data-order / augmentation seed; normalization: ``(mean [3], std [3])`` that was applied (so
+      ``x * std + mean`` recovers [0, 1] pixels).
   Args:
-    name: data set name (for messages).
-    num_examples: size of the split.
-    num_classes: label count.
-    image_shape: ``(H, W, C)`` of the produced images.
-    get: ``get(indices, train, rng) -> (images float32 [n, H, W, C] normalised, labels int [n])``.
-    seed: data-order seed.
+    get: ``get(rows, train, seeds) -> (images, labels)``; ``rows`` index the underlying storage,
+      ``seeds`` are per-example augmentation seeds (see :func:`uniforms`); images float32
+      normalised. It must be thread-safe (it runs in the prefetch thread).
+    rows: the storage rows of this split, in their evaluation order (default ``arange(n)``).
+    labels_fn: ``labels_fn(rows) -> int labels`` without decoding images (for :meth:`labels`).
     prefetch: batches prepared ahead in a background thread (0 = synchronous).
   """
 
-  def __init__(self, name: str, num_examples: int, num_classes: int, image_shape: Sequence[int],
-               get: Callable, seed: int = 0, prefetch: int = 2):
+  def __init__(self, name: str, num_classes: int, image_shape: Sequence[int], get: GetFn, *,
+               rows: np.ndarray, labels_fn: Callable[[np.ndarray], np.ndarray], split: str = '',
+               seed: int = 0, prefetch: int = 2,
+               normalization: Tuple[np.ndarray, np.ndarray] = NORMALIZATIONS['none']):
     self.name = name
-    self.num_examples = int(num_examples)
     self.num_classes = int(num_classes)
     self.image_shape = tuple(int(s) for s in image_shape)
-    self._get = get
+    self.split = split
     self.seed = int(seed)
     self.prefetch = int(prefetch)
+    self.normalization = tuple(np.asarray(v, np.float32) for v in normalization)
+    self._get = get
+    self._rows = np.asarray(rows, np.int64)
+    self._labels_fn = labels_fn
+    self._labels = None
+
+  @property
+  def num_examples(self) -> int:
+    return int(len(self._rows))
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __repr__(self) -> str:
+    return (f'Dataset({self.name!r}, split={self.split!r}, num_examples={self.num_examples}, '
+            f'num_classes={self.num_classes}, image_shape={self.image_shape})')
+
+  def labels(self) -> np.ndarray:
+    """int32 ``[num_examples]``: every label in evaluation order (images are not decoded)."""
+    if self._labels is None:
+      self._labels = np.asarray(self._labels_fn(self._rows), np.int32)
+    return self._labels
+
+  def subset(self, indices) -> 'Dataset':
+    """The examples ``indices`` (positions in this split's evaluation order) as a new Dataset.
+
+    For held-out splits, low-data regimes and class-incremental sessions, e.g.
+    ``ds.subset(np.flatnonzero(ds.labels() < 60))``. Order, seed and options are kept.
+    """
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    if idx.size and (idx.min() < -self.num_examples or idx.max() >= self.num_examples):
+      raise ValueError(f'subset indices must lie in [0, {self.num_examples}); got '
+                       f'[{idx.min()}, {idx.max()}]')
+    out = Dataset(self.name, self.num_classes, self.image_shape, self._get, rows=self._rows[idx],
+                  labels_fn=self._labels_fn, split=f'{self.split}<subset of {idx.size}>',
+                  seed=self.seed, prefetch=self.prefetch, normalization=self.normalization)
+    if self._labels is not None:
+      out._labels = self._labels[idx]
+    return out
 
   def steps_per_epoch(self, batch_size: int, drop_remainder: bool = True) -> int:
-    """Number of global batches per epoch."""
-    if batch_size <= 0:
-      raise ValueError(f'batch_size must be positive; got {batch_size}')
+    """Number of global batches per epoch (``drop_remainder`` drops a short last batch)."""
+    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+      raise ValueError(f'batch_size must be a positive integer; got {batch_size!r}')
     if drop_remainder:
       return self.num_examples // batch_size
     return -(-self.num_examples // batch_size)
 
+  def order(self, epoch: int, train: bool) -> np.ndarray:
+    """Positions (into the evaluation order) of epoch ``epoch``: a ``(seed, epoch)`` permutation
+    when training, the identity otherwise."""
+    if not train:
+      return np.arange(self.num_examples)
+    return np.random.RandomState([self.seed, int(epoch), 17]).permutation(self.num_examples)
+
   def batches(self, batch_size: int, *, epoch: int, train: bool, drop_remainder: bool = True,
               process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-    """Yields this process's slice of every global batch of ``epoch``.
+    """This process's slice of every global batch of ``epoch``.
 
-    ``train=True`` shuffles with ``(seed, epoch)`` and augments; ``train=False`` keeps the stored
-    order and does neither.
+    Args:
+      batch_size: the global batch size ``B`` (all processes together); a multiple of
+        ``process_count``.
+      epoch: epoch number (>= 0): selects the shuffle and the augmentation draws.
+      train: shuffle by ``(seed, epoch)`` and augment (if the data set was loaded with
+        ``augment=True``); otherwise the stored order without augmentation.
+      drop_remainder: drop the last short global batch.
+    Yields:
+      ``{'image': float32 [B/P, H, W, C], 'label': int32 [B/P]}``.
     """
-    if batch_size <= 0 or batch_size % process_count:
-      raise ValueError(f'batch_size={batch_size} must be a positive multiple of process_count='
-                       f'{process_count}')
+    steps = self.steps_per_epoch(batch_size, drop_remainder)
+    if not isinstance(process_count, (int, np.integer)) or process_count <= 0:
+      raise ValueError(f'process_count must be a positive integer; got {process_count!r}')
+    if batch_size % process_count:
+      raise ValueError(f'batch_size={batch_size} must be a multiple of process_count='
+                       f'{process_count} (each process takes an equal slice of the global batch)')
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index={process_index} not in [0, {process_count})')
-    order = (np.random.RandomState([self.seed, epoch, 17]).permutation(self.num_examples)
-             if train else np.arange(self.num_examples))
-    steps = self.steps_per_epoch(batch_size, drop_remainder)
+    if not isinstance(epoch, (int, np.integer)) or epoch < 0:
+      raise ValueError(f'epoch must be a non-negative integer; got {epoch!r}')
+    order = self.order(epoch, train)
     per = batch_size // process_count
 
     def produce(step: int) -> Batch:
-      idx = order[step * batch_size:(step + 1) * batch_size]
-      idx = idx[process_index * per:(process_index + 1) * per]
-      rng = np.random.RandomState([self.seed, epoch, step, process_index, 29])
-      images, labels = self._get(idx, train, rng)
-      return {'image': np.asarray(images, np.float32), 'label': np.asarray(labels, np.int32)}
+      pos = order[step * batch_size:(step + 1) * batch_size]
+      seeds = np.random.RandomState([self.seed, int(epoch), step, 29]).randint(
+          0, 2 ** 31 - 1, size=len(pos), dtype=np.int64)
+      lo, hi = process_index * per, (process_index + 1) * per
+      images, labels = self._get(self._rows[pos[lo:hi]], train, seeds[lo:hi])
+      images = np.asarray(images, np.float32).reshape((-1,) + self.image_shape)
+      return {'image': images, 'label': np.asarray(labels, np.int32).reshape(-1)}
 
     if self.prefetch <= 0:
-      for s in range(steps):
-        yield produce(s)
-      return
-    yield from _prefetched(produce, steps, self.prefetch)
+      return (produce(s) for s in range(steps))
+    return _prefetched(produce, steps, self.prefetch)
 
 
 def _prefetched(produce: Callable[[int], Batch], steps: int, depth: int) -> Iterator[Batch]:
-  """Runs ``produce(0..steps-1)`` in a background thread, ``depth`` batches ahead, in order."""
+  """``produce(0), ..., produce(steps - 1)`` computed in a background thread ``depth`` ahead.
+
+  Errors in the thread re-raise in the consumer; closing (or dropping) the iterator stops it.
+  """
   q: 'queue.Queue' = queue.Queue(maxsize=depth)
   stop = threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def worker():
     try:
       for s in range(steps):
-        if stop.is_set():
+        if stop.is_set() or not put(('ok', produce(s))):
           return
-        q.put(('ok', produce(s)))
-      q.put(('end', None))
-    except BaseException as e:  # surfaced in the consumer thread
-      q.put(('err', e))
+      put(('end', None))
+    except BaseException as e:  # noqa: BLE001 - surfaced in the consumer thread
+      put(('err', e))
 
-  t = threading.Thread(target=worker, daemon=True)
-  t.start()
-  try:
-    while True:
-      kind, item = q.get()
-      if kind == 'end':
-        return
-      if kind == 'err':
-        raise item
-      yield item
-  finally:
-    stop.set()
-    while not q.empty():
-      q.get_nowait()
+  t = threading.Thread(target=worker, daemon=True, name='common.data.prefetch')
+
+  def consume():
+    t.start()
+    try:
+      while True:
+        kind, item = q.get()
+        if kind == 'end':
+          return
+        if kind == 'err':
+          raise item
+        yield item
+    finally:
+      stop.set()
+      t.join(timeout=5.0)
+
+  return consume()
