@@ -503,3 +503,36 @@ def test_cub_official_split(tmp_path):
   assert sorted(tr.labels()) == [0, 0, 1, 1] and sorted(te.labels()) == [0, 1]
   b = next(te.batches(2, epoch=0, train=False))
   assert b['image'].shape == (2, 224, 224, 3)
+
+
+def test_augment_ops_closed_forms():
+  from common.data import augment
+  r = np.random.RandomState(0)
+  img = r.randint(0, 256, (40, 100, 3)).astype(np.uint8)
+  pil = lambda a, box, size: np.asarray(Image.fromarray(a).crop(box).resize((size, size),
+                                                                            Image.BILINEAR))
+  sq = img[:, :40]
+  # scale = ratio = 1 on a square image: the whole image, resized
+  out = augment.random_resized_crop(np.ascontiguousarray(sq), r, 24, scale=(1, 1), ratio=(1, 1))
+  np.testing.assert_array_equal(out, pil(np.ascontiguousarray(sq), (0, 0, 40, 40), 24))
+  # no box fits (area 4x the image): torchvision's fallback, the central crop clamped to 4/3
+  out = augment.random_resized_crop(img, r, 24, scale=(4, 4))
+  w = int(round(40 * 4 / 3))
+  np.testing.assert_array_equal(out, pil(img, ((100 - w) // 2, 0, (100 - w) // 2 + w, 40), 24))
+  # Resize(shorter side) truncates the longer side like torchvision; CenterCrop rounds offsets
+  assert augment.resize(img, 30).shape == (30, 75, 3)
+  assert augment.resize(img[:, :41], 30).shape == (30, 30, 3)
+  np.testing.assert_array_equal(augment.center_crop(img, 21), img[10:31, 40:61])
+  # brightness-only jitter is a clipped, rounded scaling by one factor in [0.6, 1.4]
+  x = np.full((4, 4, 3), 100, np.uint8)
+  x[0, 0] = 250
+  out = augment.color_jitter(x, np.random.RandomState(3), 0.4, 0, 0).astype(int)
+  f = out[1, 1, 0] / 100                  # the factor, to within the rounding of 1/100
+  assert 0.595 <= f <= 1.405 and f != 1 and (out[1:, 1:] == out[1, 1, 0]).all()
+  assert abs(out[0, 0, 0] - min(255, 250 * f)) <= 1.5
+  # PCA lighting adds one RGB offset per image, a combination of the eigenvectors
+  z = r.rand(8, 8, 3).astype(np.float32)
+  d = augment.lighting(z, np.random.RandomState(5), 0.1) - z
+  np.testing.assert_allclose(d, np.broadcast_to(d[0, 0], d.shape), atol=1e-6)
+  coef = np.linalg.solve(augment.PCA_EIGVEC, d[0, 0].astype(np.float64)) / augment.PCA_EIGVAL
+  assert np.abs(coef).max() < 0.5 and np.abs(coef).min() > 0   # alpha ~ N(0, 0.1^2)
