@@ -360,6 +360,10 @@ def load_dataset(config, split: str):
     kwargs['normalization'] = ds_cfg.normalization
   if split != 'train' or not ds_cfg.get('augment', True):
     kwargs['augment'] = split == 'train' and ds_cfg.get('augment', True)
+  opts = ds_cfg.get('options', None)
+  # Per-data-set options of common.data.load (e.g. ImageNet crop_scale=(0.08, 1.25), lighting=0.1
+  # for ReCU/1xN; CIFAR pad_mode), set by the paper configs.
+  kwargs.update(opts.to_dict() if hasattr(opts, 'to_dict') else dict(opts or {}))
   try:
     return data.load(ds_cfg.name, split, data_dir=ds_cfg.get('data_dir', '') or None,
                      seed=config.seed, **kwargs)

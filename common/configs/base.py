@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.eval_batch_size = 256
   c.dataset.normalization = ''        # '' = the dataset's usual mean/std
   c.dataset.augment = True
+  # Per-data-set options passed to common.data.load (see its docstring), e.g. for ImageNet
+  # ``crop_scale=(0.08, 1.25), lighting=0.1`` (ReCU) or ``crop_scale=(0.08, 1.25)`` (1xN).
+  c.dataset.options = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet20'
