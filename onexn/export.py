@@ -36,6 +36,7 @@ import numpy as np
 from common import masks as common_masks
 from common import transforms
 from onexn import layer_policy, permute, sparse
+from onexn.depthwise import as_pair, depthwise_conv, explicit_padding
 
 Path = Tuple[str, ...]
 
@@ -47,8 +48,8 @@ class SparseModel:
   Deployment form (what TVM does to the official ONNX export too): every BatchNorm that follows a
   conv is folded into it (``W' = W * gamma / sqrt(var + eps)``, ``b' = beta - mean * gamma /
   sqrt(var + eps)``; column scaling keeps the 1xN pattern), depthwise convs run as a sum of
-  ``kh*kw`` shifted, per-channel-scaled slices (XLA:CPU's grouped convolution is ~40x slower at
-  MobileNet shapes, which would hide every 1x1 saving), other dense convs through
+  ``kh*kw`` shifted, per-channel-scaled slices (``onexn.depthwise``: XLA:CPU's grouped
+  convolution is ~40x slower at MobileNet shapes, which would hide every 1x1 saving), other dense convs through
   ``lax.conv_general_dilated``, and the packed layers through ``onexn.sparse``.
 
   Attributes:
@@ -89,32 +90,6 @@ class SparseModel:
             'dense': {transforms.path_str(p): r for p, r in self.dense.items()}}
 
 
-def depthwise_conv(x, kernel, stride, padding):
-  """Depthwise conv ``[B,H,W,C] * [kh,kw,1,C]`` as a sum of shifted slices (one fused XLA loop)."""
-  kh, kw = kernel.shape[:2]
-  sh, sw = _pair(stride)
-  (pt, pb), (pl, pr) = padding
-  b, h, w, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-  acc = None
-  for dy in range(kh):
-    for dx in range(kw):
-      t = jax.lax.slice(xp, (0, dy, dx, 0), (b, dy + (ho - 1) * sh + 1, dx + (wo - 1) * sw + 1, c),
-                        (1, sh, sw, 1)) * kernel[dy, dx, 0]
-      acc = t if acc is None else acc + t
-  return acc
-
-
-def _explicit_padding(padding, in_hw, kernel_hw, strides):
-  if isinstance(padding, str):
-    return tuple(tuple(int(v) for v in p) for p in
-                 jax.lax.padtype_to_pads(in_hw, kernel_hw, strides, padding.upper()))
-  if isinstance(padding, int):
-    return ((padding, padding),) * 2
-  return tuple(tuple(int(v) for v in p) for p in padding)
-
-
 def sparse_apply_fn(model: nn.Module, folded_bn: Tuple[str, ...], backend: str) -> Callable:
   """``(variables, weights, packed, bias, x) -> logits``: ``model.apply`` with intercepted layers."""
   folded = set(folded_bn)
@@ -132,7 +107,7 @@ def sparse_apply_fn(model: nn.Module, folded_bn: Tuple[str, ...], backend: str) 
       inp = args[0]
       if key in packed:
         if isinstance(mod, nn.Conv):
-          y = sparse.sparse_conv(inp, packed[key], stride=_pair(mod.strides),
+          y = sparse.sparse_conv(inp, packed[key], stride=as_pair(mod.strides),
                                  padding=mod.padding, backend=backend)
         else:
           y = sparse.sparse_matmul(inp, packed[key], backend=backend)
@@ -140,8 +115,8 @@ def sparse_apply_fn(model: nn.Module, folded_bn: Tuple[str, ...], backend: str) 
         y = inp @ weights[key]['kernel']
       else:
         k = weights[key]['kernel']
-        strides = _pair(mod.strides)
-        pads = _explicit_padding(mod.padding, inp.shape[1:3], k.shape[:2], strides)
+        strides = as_pair(mod.strides)
+        pads = explicit_padding(mod.padding, inp.shape[1:3], k.shape[:2], strides)
         if mod.feature_group_count > 1 and mod.feature_group_count == inp.shape[-1] == k.shape[-1]:
           y = depthwise_conv(inp, k, strides, pads)
         else:
@@ -154,14 +129,6 @@ def sparse_apply_fn(model: nn.Module, folded_bn: Tuple[str, ...], backend: str) 
       return model.apply(variables, x, train=False)
 
   return apply
-
-
-def _pair(s):
-  if s is None:
-    return (1, 1)
-  if isinstance(s, int):
-    return (s, s)
-  return tuple(int(v) for v in s)
 
 
 def fold_bn(params, batch_stats, specs, eps: float = 1e-5):

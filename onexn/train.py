@@ -1,0 +1,196 @@
+"""Fine-tune a pretrained model with fixed 1xN (or baseline) masks, the official 1xN recipe (spec §2.2).
+
+  python -m onexn.train --config=onexn/configs/digits_dense.py --workdir=runs/mbv2_digits  # dense
+  python -m onexn.train --config=onexn/configs/mobilenet_v2_1x4_rearrange_p50.py \
+      --workdir=runs/onexn_mbv2_1x4 --config.init_checkpoint=runs/mbv2_dense
+  python -m onexn.train --config=onexn/configs/imagenet.py:mobilenet_v2,n=4,p=0.5,rearrange=1 \
+      --workdir=DIR --config.init_checkpoint=PRETRAINED
+
+Steps (``imagenet.py: main`` of lmbxmu/1xN): load the pretrained dense variables
+(``config.init_checkpoint``: a ``common.train`` workdir, or a converted-weights ``.npz`` /
+``.msgpack`` file); compute every layer's mask once from them (``onexn.model_masks``); fine-tune
+with ``W * mask`` in the forward and the mask fixed (it lives in ``TrainState.extra``, never in the
+optimizer); the biases of masked layers are frozen (``get_mask`` sets ``bias.requires_grad =
+False``). ``results.json`` reports top-1 (best / last), the sparsity of every layer, dense and
+kept-weight MACs, and, for block patterns, the exported sparse model's measured CPU latency next to
+the dense model's (``onexn.export_sparse``); masked weights save no time in the training forward,
+only the exported model is faster.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization, traverse_util
+
+from common import masks as common_masks
+from common import train
+from common import transforms
+from onexn import depthwise, layer_policy
+
+
+def load_pretrained(path: str) -> Dict[str, Any]:
+  """``{'params', 'batch_stats'}`` from a ``common.train`` workdir or a converted-weights file.
+
+  Files: ``.npz`` with keys ``params/<module path>/<leaf>`` and ``batch_stats/...`` ('/'-joined
+  tree paths), or a flax ``.msgpack`` of ``{'params': ..., 'batch_stats': ...}``.
+
+  Raises:
+    common.train.UserError: empty path, missing file, or a file without a 'params' tree.
+  """
+  if not path:
+    raise train.UserError(
+        '1xN prunes a pretrained model: set --config.init_checkpoint to a finished common.train '
+        'workdir of the dense model or to a converted-weights .npz/.msgpack file')
+  if os.path.isdir(path):
+    return train.load_variables(path)
+  if not os.path.exists(path):
+    raise train.UserError(f'init_checkpoint {path!r} does not exist')
+  if path.endswith('.npz'):
+    with np.load(path) as f:
+      flat = {tuple(k.split('/')): jnp.asarray(f[k]) for k in f.files}
+    tree = traverse_util.unflatten_dict(flat)
+  elif path.endswith('.msgpack'):
+    with open(path, 'rb') as f:
+      tree = serialization.msgpack_restore(f.read())
+  else:
+    raise train.UserError(f'init_checkpoint {path!r}: expected a workdir, .npz or .msgpack')
+  if 'params' not in tree:
+    raise train.UserError(f'{path!r} holds no "params" tree (top-level keys: {sorted(tree)})')
+  return {'params': tree['params'], 'batch_stats': tree.get('batch_stats', {})}
+
+
+def save_variables_npz(path: str, variables: Dict[str, Any]) -> None:
+  """Writes ``{'params', 'batch_stats'}`` in the ``.npz`` layout :func:`load_pretrained` reads."""
+  flat = traverse_util.flatten_dict({k: variables[k] for k in ('params', 'batch_stats')
+                                     if k in variables})
+  np.savez(path, **{'/'.join(k): np.asarray(v) for k, v in flat.items()})
+
+
+class FastDepthwiseMethod(train.Method):
+  """Dense training (the ``common.train`` default hooks) with depthwise convs as shifted slices.
+
+  ``config.method.fast_depthwise`` (default True) routes the zoo's depthwise convs through
+  ``onexn.depthwise`` inside the forward: the same convolution, 20-100x faster on XLA:CPU. Used to
+  pretrain the quick experiment's MobileNet-V2 (``onexn/configs/digits_dense.py``).
+  """
+
+  name = 'dense'
+
+  def forward(self, model, params, batch_stats, extra, images, train: bool, rng):
+    with depthwise.fast_depthwise(bool(self.config.method.get('fast_depthwise', True))):
+      return super().forward(model, params, batch_stats, extra, images, train, rng)
+
+
+class OneByN(FastDepthwiseMethod):
+  """``common.train`` hooks of 1xN fine-tuning (masks fixed, computed once; spec §2.2)."""
+
+  name = '1xn'
+
+  def _specs(self):
+    if getattr(self, '_layer_specs', None) is None:
+      hw = tuple(self._image_shape[:2]) if getattr(self, '_image_shape', None) else (32, 32)
+      from common import models
+      self._layer_specs = models.layer_specs(
+          self.config.model.name, widths=self.config.model.widths, input_hw=hw,
+          num_classes=self.num_classes, **self.model_kwargs())
+    return self._layer_specs
+
+  def init_variables(self, model, rng, images):
+    """The pretrained dense variables (1xN never starts from random weights)."""
+    v = load_pretrained(self.config.get('init_checkpoint', ''))
+    # Check the checkpoint fits the configured model before masks are computed from it.
+    shapes = jax.eval_shape(lambda: model.init({'params': rng, 'dropout': rng}, images,
+                                               train=False))
+    want = traverse_util.flatten_dict(shapes['params'])
+    got = traverse_util.flatten_dict(v['params'])
+    bad = [transforms.path_str(k) for k in want
+           if k not in got or tuple(got[k].shape) != tuple(want[k].shape)]
+    if bad:
+      raise train.UserError(f'init_checkpoint does not match model {self.config.model.name!r} '
+                            f'(missing or mis-shaped: {bad[:5]}{" ..." if len(bad) > 5 else ""})')
+    return v
+
+  def init_extra(self, params, batch_stats, rng):
+    """Masks computed once from the pretrained params (``get_mask``/``get_rearr_mask``)."""
+    try:
+      m = layer_policy.model_masks(params, self.config, specs=self._specs(),
+                                   rng=jax.random.fold_in(rng, 1))
+    except ValueError as e:
+      raise train.UserError(str(e)) from e
+    return {'masks': m}
+
+  def effective_params(self, params, extra):
+    """``W * mask`` on masked layers (the ``BlockL1Conv.forward`` sparse weight)."""
+    return common_masks.apply_masks(params, extra['masks'])
+
+  def trainable_mask(self, params):
+    """Freezes the biases of masked layers (official ``bias.requires_grad = False``)."""
+    if not self.config.method.get('freeze_masked_biases', True):
+      return None
+    frozen = {tuple(s.path) + ('bias',) for s in layer_policy.masked_layers(self._specs())}
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: transforms.path_tuple(kp) not in frozen, params)
+
+  def results(self, state) -> Dict[str, Any]:
+    rep = common_masks.sparsity_report(state.extra['masks'])
+    specs = self._specs()
+    pruned = {transforms.path_str(tuple(s.path) + ('kernel',))
+              for s in layer_policy.masked_layers(specs) if s.role != 'classifier'}
+    kept = sum(v['kept'] for k, v in rep['layers'].items() if k in pruned)
+    total = sum(v['total'] for k, v in rep['layers'].items() if k in pruned)
+    macs = layer_policy.effective_macs(specs, state.extra['masks'])
+    out = {'sparsity_per_layer': {k: v['sparsity'] for k, v in rep['layers'].items()},
+           'sparsity_masked_layers': rep['global_sparsity'],
+           'sparsity_excl_classifier': 1.0 - kept / total if total else 0.0,
+           'conv_macs_dense': macs['dense'], 'conv_macs_kept_weights': macs['sparse'],
+           'pattern': self.config.method.pattern,
+           'block_size_n': int(self.config.method.block_size_n),
+           'rearrange': bool(self.config.method.rearrange)}
+    if self.config.method.get('export', True) and self.config.method.pattern in (
+        'block', 'random_block'):
+      out.update(self._export_and_time(state))
+    return out
+
+  def _export_and_time(self, state) -> Dict[str, Any]:
+    """Sparse export, its deviation from the masked dense model, and CPU latencies (batch
+    ``method.latency_batch``): the zoo model, the dense deployment graph, the sparse export."""
+    from onexn import export
+    m = self.config.method
+    model = self.build_model()
+    kw = dict(n=int(m.block_size_n), num_classes=self.num_classes, specs=self._specs(),
+              model=model)
+    args = (state.params, state.batch_stats, state.extra['masks'], self.config.model)
+    sm = export.export_sparse(*args, **kw)
+    dm = export.export_sparse(*args, use_sparse_kernel=False, **kw)
+    x = jax.random.normal(jax.random.PRNGKey(0),
+                          (int(m.get('latency_batch', 1)),) + tuple(self._image_shape))
+    masked = {'params': self.effective_params(state.params, state.extra),
+              'batch_stats': state.batch_stats}
+    zoo_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    ref = zoo_fn(masked, x)
+    reps = int(m.get('latency_repeats', 20))
+    t_zoo = export.time_fn(lambda: zoo_fn(masked, x), reps)
+    t_dense = export.time_fn(lambda: dm(x), reps)
+    t_sparse = export.time_fn(lambda: sm(x), reps)
+    return {'export_max_abs_diff': float(jnp.max(jnp.abs(sm(x) - ref))),
+            'export': sm.summary(),
+            'latency_ms_zoo_dense': 1e3 * t_zoo, 'latency_ms_dense': 1e3 * t_dense,
+            'latency_ms_sparse': 1e3 * t_sparse, 'latency_speedup': t_dense / t_sparse,
+            'latency_batch': int(x.shape[0])}
+
+
+def method_for(config) -> train.Method:
+  """``method.pattern == 'dense'``: dense (pre)training; otherwise 1xN / baseline fine-tuning."""
+  if config.method.get('pattern', 'block') == 'dense':
+    return FastDepthwiseMethod(config)
+  return OneByN(config)
+
+
+main = train.cli(method_for, default_config='onexn/configs/digits.py')
+
+if __name__ == '__main__':
+  main()
