@@ -2,9 +2,10 @@
 
   python -c "from recu import quick; print(quick.run('runs/quick/recu'))"
 
-ReCU ResNet-20 at width 1/4 (4/8/16; FP stem and classifier, binary everything else), digits
+ReCU ResNet-20 at width 1/2 (8/16/32; FP stem and classifier, binary everything else), digits
 upsampled to 32x32, batch 128, SGD 0.1 m0.9, per-epoch cosine with a 2-epoch warm-up, wd 5e-4 on
-all params, ``EPOCHS`` epochs, 3 seeds (``recu/configs/digits.py``). Arms (identical architecture
+all params, ``EPOCHS`` epochs (not the spec's 30: 2 shared CPU cores), 3 seeds
+(``recu/configs/digits.py``). Arms (identical architecture
 and activation binarizer, only the weight binarizer differs):
 
 * ``ReCU``: §1.1 with tau 0.85 -> 0.99 over the run;
@@ -29,7 +30,7 @@ from common import train
 from recu.configs import digits as digits_config
 from recu.train import ReCU, plot_diagnostics, plot_weight_histogram
 
-EPOCHS = 30
+EPOCHS = 12
 SMOKE_EPOCHS = 4
 ARMS = (('ReCU', 'recu'), ('sign-ste', 'sign'), ('full precision', 'none'))
 
@@ -158,7 +159,7 @@ def _plot_curves(curves: Dict[str, List[List[float]]], path: str) -> None:
     ax.fill_between(ep, a.min(0), a.max(0), alpha=0.2)
   ax.set_xlabel('epoch')
   ax.set_ylabel('test top-1')
-  ax.set_title('digits, ResNet-20 width 1/4')
+  ax.set_title('digits, ResNet-20 width 1/2')
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
