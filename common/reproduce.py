@@ -6,8 +6,10 @@ Each paper package provides ``<paper>/quick.py`` with
 ``run(workdir, seeds=(0, 1, 2), smoke=False) -> {'rows': [...], 'plots': [...], 'checks': {...}}``
 (rows: ``{'method', 'seed', 'top1', ...}``; checks: the paper's claims in words -> bool). The dense
 ResNet-20 baseline (``common``) always runs. Writes ``<workdir>/RESULTS.md`` (mean +- std over seeds
-per method, the checks, links to the plots) and ``<workdir>/results.json``; exits 1 if an
-experiment raised, and also if a check failed when ``--strict``.
+per method, the checks, links to the plots) and ``<workdir>/results.json`` (papers run
+earlier into the same workdir are kept, so papers can be run one at a time); exits 1 if an
+experiment raised, and also if a check failed when ``--strict``. ``--papers=common`` runs only the
+dense baseline.
 """
 from __future__ import annotations
 
@@ -105,6 +107,8 @@ def main(argv=None) -> int:
   ap.add_argument('--strict', action='store_true', help='a failed check also fails the job')
   args = ap.parse_args(argv)
   papers = [p for p in args.papers.split(',') if p] or list(PAPERS)
+  # Results of this run only decide the exit status.
+  ran = set(papers) | ({'common'} if not args.papers else set())
   unknown = [p for p in papers if p not in PAPERS and p != 'common']
   if unknown:
     print(f'error: unknown paper(s) {unknown}; allowed: {list(PAPERS)}', file=sys.stderr)
@@ -115,8 +119,14 @@ def main(argv=None) -> int:
     print(f'error: --seeds must be comma-separated integers; got {args.seeds!r}', file=sys.stderr)
     return 2
   os.makedirs(args.workdir, exist_ok=True)
+  # Papers run earlier into the same workdir stay in the report (run them one at a time if you
+  # like); the ones run now replace their previous entries.
   outcomes: Dict[str, Dict[str, Any]] = {}
-  jobs = [('common', dense_baseline)]
+  previous = os.path.join(args.workdir, 'results.json')
+  if os.path.exists(previous):
+    with open(previous) as f:
+      outcomes.update({k: v for k, v in json.load(f).items() if v.get('status') == 'ok'})
+  jobs = [('common', dense_baseline)] if 'common' in papers or not args.papers else []
   for p in papers:
     if p == 'common':
       continue
@@ -141,8 +151,9 @@ def main(argv=None) -> int:
     write_report(args.workdir, outcomes)
   text = write_report(args.workdir, outcomes)
   print(text)
-  failed = [n for n, o in outcomes.items() if o.get('status') == 'failed']
-  bad_checks = [(n, c) for n, o in outcomes.items() for c, ok in o.get('checks', {}).items() if not ok]
+  failed = [n for n, o in outcomes.items() if o.get('status') == 'failed' and n in ran]
+  bad_checks = [(n, c) for n, o in outcomes.items() if n in ran
+                for c, ok in o.get('checks', {}).items() if not ok]
   if failed:
     print(f'error: experiments failed: {failed}', file=sys.stderr)
     return 1
