@@ -279,3 +279,19 @@ def test_bad_input_errors(layer):
   with pytest.raises(ValueError, match='no output pixels'):
     p3 = S.pack(np.ones((3, 3, 12, 16), np.float32), None, 4)
     S.sparse_conv(np.ones((1, 2, 2, 12), np.float32), p3, padding='VALID')
+
+
+def test_bench_helpers():
+  """onexn.bench: exact block counts, the real networks' GEMM shapes, one timed row, the summary."""
+  from onexn import bench
+  rng = np.random.default_rng(11)
+  m = bench.random_block_mask(rng, 10, 12, 4, 0.75)
+  assert S.block_keep(m, 4).sum() == 30 - int(30 * 0.75)  # 10 x 3 blocks, int(G*p) pruned
+  shapes = bench.gemm_shapes('mobilenet_v2')
+  assert (24, 144, 56 * 56) in shapes and (576, 96, 14 * 14) in shapes and len(shapes) == 12
+  rows = bench.bench_shape(16, 8, 9, 1, ns=[4, 16], ps=[0.5], repeats=1, with_scipy=True, rng=rng)
+  assert len(rows) == 1  # N=16 does not divide C_out=8: skipped, not an error
+  r = dict(rows[0], model='mobilenet_v2')
+  assert r['density'] == 0.5 and r['speedup'] > 0 and r['vs_bsr'] > 0 and r['vs_csr'] > 0
+  summary = bench.summarize([r, dict(r, speedup=3.0)], [0.5])
+  assert summary[0.5]['median_speedup'] == pytest.approx((r['speedup'] + 3.0) / 2)
