@@ -316,3 +316,46 @@ def test_method_tau_hooks():
   st = meth.epoch_start(St({'tau': jnp.float32(1.0)}), 15)
   assert float(st.extra['tau']) == pytest.approx(recu.tau_schedule(15, c.num_epochs), abs=1e-6)
   assert st.extra['tau'].shape == () and st.extra['tau'].dtype == jnp.float32
+
+
+# --- two-stage: strict=False loading and the KD path -------------------------------------------
+
+def test_overlay_is_strict_false():
+  base = {'a': {'kernel': jnp.zeros((2, 3))}, 'b': {'bias': jnp.zeros(3)}, 'c': jnp.zeros(1)}
+  loaded = {'a': {'kernel': jnp.ones((2, 3))}, 'b': {'bias': jnp.ones(4)}, 'x': jnp.ones(2)}
+  out = recu_train._overlay(base, loaded)
+  np.testing.assert_array_equal(out['a']['kernel'], 1.0)   # same path and shape: loaded
+  np.testing.assert_array_equal(out['b']['bias'], 0.0)     # shape mismatch: kept
+  np.testing.assert_array_equal(out['c'], 0.0)             # missing in the checkpoint: kept
+  assert 'x' not in out                                    # unexpected keys: ignored
+
+
+def test_kd_forward_and_loss_use_the_frozen_teacher():
+  from recu.configs import digits
+  c = digits.get_config()
+  c.model.widths = [4, 8, 16]
+  meth = recu_train.ReCU(c)
+  meth.num_classes = 10
+  student = meth.build_model()
+  teacher = models.get_model('recu_resnet20', 10, widths=[4, 8, 16], binary=False)
+  meth._teacher = teacher
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 32, 32, 3)), jnp.float32)
+  sv = jax.jit(lambda x: student.init(jax.random.PRNGKey(0), x, train=False))(x)
+  tv = jax.jit(lambda x: teacher.init(jax.random.PRNGKey(1), x, train=False))(x)
+  extra = {'tau': jnp.float32(0.9), 'teacher': tv}
+
+  @jax.jit
+  def run(params):
+    logits, _, aux = meth.forward(student, params, sv['batch_stats'], extra, x, True, jax.random.PRNGKey(2))
+    return logits, aux, meth.loss(logits, jnp.zeros(2, jnp.int32), aux, params, extra)[0]
+
+  logits, aux, loss = run(sv['params'])
+  t_ref = teacher.apply(tv, x, train=False)
+  np.testing.assert_allclose(np.asarray(aux['teacher_logits']), np.asarray(t_ref), rtol=1e-5,
+                             atol=1e-5)
+  s, t = np.asarray(logits, np.float64), np.asarray(t_ref, np.float64)
+  pt = np.exp(t - t.max(-1, keepdims=True))
+  pt /= pt.sum(-1, keepdims=True)
+  ls = s - s.max(-1, keepdims=True)
+  ls -= np.log(np.exp(ls).sum(-1, keepdims=True))
+  assert float(loss) == pytest.approx(np.mean(-(pt * ls).sum(-1)), rel=1e-4)
