@@ -100,29 +100,61 @@ def test_stem_and_classifier_stay_full_precision(name):
 # --- binary layers see only +-1 ------------------------------------------------------------------
 
 
+def random_variables(model, seed=1):
+  """Variables of ``model`` with NumPy-random values (no init compile: the CPU is shared)."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), X, train=False))
+  r = np.random.RandomState(seed)
+
+  def fill(path, s):
+    name = transforms.path_tuple(path)[-1]
+    if name == 'var':
+      return np.ones(s.shape, np.float32)
+    if name == 'mean':
+      return np.zeros(s.shape, np.float32)
+    x = r.randn(*s.shape).astype(np.float32) * 0.1
+    return np.abs(x) + 0.05 if name in ('alpha', 'scale') else x
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+class Call:
+  """One intercepted conv / dense call: the module's static facts and its traced arrays."""
+
+  def __init__(self, binary, name, strides):
+    self.binary, self.name, self.strides = binary, name, strides
+
+
 @pytest.fixture(scope='module')
 def captured():
-  """Per model: every conv / dense call of a train-mode forward on SiMaN-binarized params."""
+  """Per model: every conv / dense call of a train-mode forward on SiMaN-binarized params
+  (``(Call, input, kernel used, alpha or None, output)``); one jit per model."""
   out = {}
   for name in ('siman_resnet20', 'siman_resnet18_cifar', 'siman_resnet18', 'siman_vgg_small'):
     model = models.get_model(name, 10, widths=TINY[name])
-    v = jax.jit(lambda k, m=model: m.init(k, X, train=False))(jax.random.PRNGKey(1))
-    eff = siman.binarize_params(v['params'], siman.binary_codes(v['params']))
-    calls = []
+    v = random_variables(model)
+    meta = []
 
-    def interceptor(next_fun, args, kwargs, context, calls=calls):
-      y = next_fun(*args, **kwargs)
-      mod = context.module
-      if context.method_name == '__call__' and isinstance(
-          mod, (binarize.BinaryConv, nn.Conv, nn.Dense)):
-        calls.append((mod, np.asarray(args[0]), np.asarray(mod.variables['params']['kernel']),
-                      np.asarray(y)))
-      return y
+    def forward(params, bs, model=model, meta=meta):
+      eff = siman.binarize_params(params, siman.binary_codes(params))
+      arrays = []
 
-    with nn.intercept_methods(interceptor):
-      model.apply({'params': eff, 'batch_stats': v['batch_stats']}, X, train=True,
-                  mutable=['batch_stats'])
-    out[name] = (v['params'], calls)
+      def interceptor(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
+        mod = context.module
+        if context.method_name == '__call__' and isinstance(
+            mod, (binarize.BinaryConv, nn.Conv, nn.Dense)):
+          binary = isinstance(mod, binarize.BinaryConv)
+          if len(meta) < len(arrays) + 1:
+            meta.append(Call(binary, mod.name, getattr(mod, 'strides', None)))
+          p = mod.variables['params']
+          arrays.append((args[0], p['kernel'], p['alpha'] if binary else None, y))
+        return y
+
+      with nn.intercept_methods(interceptor):
+        model.apply({'params': eff, 'batch_stats': bs}, X, train=True, mutable=['batch_stats'])
+      return arrays
+
+    arrays = jax.device_get(jax.jit(forward)(v['params'], v['batch_stats']))
+    out[name] = (v['params'], [(m,) + tuple(a) for m, a in zip(meta, arrays)])
   return out
 
 
@@ -131,8 +163,8 @@ def captured():
 def test_binary_layers_compute_with_pm1_only(name, captured):
   params, calls = captured[name]
   n_binary = 0
-  for mod, x, kernel, y in calls:
-    if not isinstance(mod, binarize.BinaryConv):
+  for mod, x, kernel, alpha, y in calls:
+    if not mod.binary:
       continue
     n_binary += 1
     np.testing.assert_array_equal(np.abs(kernel), 1.0)           # weights in {-1, +1}
@@ -146,12 +178,11 @@ def test_binary_layers_compute_with_pm1_only(name, captured):
                                        [(k // 2, k // 2)] * 2,
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     # Integer-valued conv of +-1 tensors: exact up to the alpha product.
-    alpha = np.asarray(mod.variables['params']['alpha'])
     conv_int = np.asarray(ref)
     np.testing.assert_array_equal(conv_int, np.round(conv_int))
     np.testing.assert_allclose(y, conv_int * alpha, rtol=1e-5, atol=1e-5)
   assert n_binary == len(siman.binary_kernel_paths(params))
-  fp = [(mod, kernel) for mod, _, kernel, _ in calls if not isinstance(mod, binarize.BinaryConv)]
+  fp = [(mod, kernel) for mod, _, kernel, _, _ in calls if not mod.binary]
   assert fp, 'stem and classifier must be ordinary (full-precision) layers'
   for mod, kernel in fp:                     # the FP layers keep their real weights
     assert len(np.unique(kernel)) > 2, mod.name
@@ -159,8 +190,8 @@ def test_binary_layers_compute_with_pm1_only(name, captured):
 
 def test_forward_weight_is_2b_minus_1_of_each_kernel(captured):
   params, calls = captured['siman_resnet20']
-  binary = [c for c in calls if isinstance(c[0], binarize.BinaryConv)]
-  for (mod, _, kernel, _), path in zip(binary, siman.binary_kernel_paths(params)):
+  binary = [c for c in calls if c[0].binary]
+  for (mod, _, kernel, _, _), path in zip(binary, siman.binary_kernel_paths(params)):
     w = np.asarray(transforms.get_path(params, path), np.float64)
     flat = w.reshape(-1, w.shape[-1])
     c = flat - flat.mean(0)
