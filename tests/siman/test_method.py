@@ -50,32 +50,50 @@ def np_code(w):
 
 @pytest.fixture(scope='module')
 def setup():
+  """Method, model and variables with NumPy-random values (no init compile on the shared CPU);
+  the code B is the method's own initial state: ``binary_codes`` of those params."""
   m = make()
   model = m.build_model()
-  v = jax.jit(lambda k: m.init_variables(model, k, X[:1]))(jax.random.PRNGKey(0))
-  return m, model, v
+  shapes = jax.eval_shape(lambda: m.init_variables(model, jax.random.PRNGKey(0), X[:1]))
+  r = np.random.RandomState(1)
+
+  def fill(path, s):
+    name = transforms.path_tuple(path)[-1]
+    if name in ('var', 'scale', 'alpha'):
+      return np.abs(r.randn(*s.shape)).astype(np.float32) * 0.1 + 0.5
+    return (r.randn(*s.shape) * 0.1).astype(np.float32)
+
+  params = jax.tree_util.tree_map_with_path(fill, shapes['params'])
+  bs = {k: jax.tree_util.tree_map_with_path(fill, v)
+        for k, v in shapes['batch_stats'].items() if k != CODES}
+  bs[CODES] = jax.jit(siman.binary_codes)(params)
+  assert jax.tree.structure(bs) == jax.tree.structure(shapes['batch_stats'])
+  return m, model, {'params': params, 'batch_stats': bs}
 
 
 def binary_kernels(params):
   return transforms.select(params, siman.is_binary_kernel(params))
 
 
+_JITTED = {}
+
+
 def forward_and_kernels(m, model, params, batch_stats, train_mode):
-  """``m.forward`` (jitted) and the kernel each BinaryConv computed with, in call order."""
+  """``m.forward`` (jitted once per mode) and the kernel each BinaryConv computed with."""
+  if (id(m), train_mode) not in _JITTED:
+    def f(params, batch_stats):
+      seen = []
 
-  def f(params, batch_stats):
-    seen = []
+      def spy(next_fun, args, kwargs, context):
+        if isinstance(context.module, binarize.BinaryConv) and context.method_name == '__call__':
+          seen.append(context.module.variables['params']['kernel'])
+        return next_fun(*args, **kwargs)
 
-    def spy(next_fun, args, kwargs, context):
-      if isinstance(context.module, binarize.BinaryConv) and context.method_name == '__call__':
-        seen.append(context.module.variables['params']['kernel'])
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(spy):
-      out = m.forward(model, params, batch_stats, {}, X, train_mode, jax.random.PRNGKey(1))
-    return out, seen
-
-  out, seen = jax.jit(f)(params, batch_stats)
+      with nn.intercept_methods(spy):
+        out = m.forward(model, params, batch_stats, {}, X, train_mode, jax.random.PRNGKey(1))
+      return out, seen
+    _JITTED[(id(m), train_mode)] = jax.jit(f)
+  out, seen = _JITTED[(id(m), train_mode)](params, batch_stats)
   return out, [np.asarray(k) for k in seen]
 
 
