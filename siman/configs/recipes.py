@@ -55,6 +55,8 @@ def imagenet(model: str) -> ml_collections.ConfigDict:
   c.dataset.name = 'imagenet2012'
   c.dataset.batch_size = 512
   c.dataset.eval_batch_size = 256
+  # DALI and torch loaders of the SiMaN code: RandomResizedCrop(224, area 0.08-1.25), no Lighting.
+  c.dataset.options = ml_collections.ConfigDict({'crop_scale': (0.08, 1.25), 'lighting': 0.0})
   c.model.name = model
   c.model.kwargs = ml_collections.ConfigDict({'act_binarizer': 'siman'})
   c.optimizer.name = 'sgd'
