@@ -224,10 +224,12 @@ def plot(rows, path: str, epochs: int) -> str:
   ax[1].set_xlabel('epoch e')
   ax[1].set_title('temperature T(e) (T_s=1, T_e=1e4, k=1)')
   for method in (M_DCFF, M_DYN):
-    for r in [r for r in rows if r['method'] == method][:1]:
-      ax[2].plot(np.arange(len(r['changes'])), r['changes'], marker='.', label=method)
+    per_seed = [r['changes'] for r in rows if r['method'] == method]
+    if per_seed:
+      n = min(len(c) for c in per_seed)
+      ax[2].plot(np.arange(n), np.sum([c[:n] for c in per_seed], 0), marker='.', label=method)
   ax[2].set_xlabel('epoch e')
-  ax[2].set_title('filters entering the selection')
+  ax[2].set_title('filters entering the selection (sum over seeds)')
   ax[2].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

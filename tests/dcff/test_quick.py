@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import models
+from common import models, train
 from dcff import cprate, evaluate, quick
+from dcff.train import DCFF
 
 
 def test_l1_prune_equals_dense_with_removed_channels_silenced():
@@ -75,3 +76,44 @@ def test_smoke_workdir_artifacts(smoke):
   ev = evaluate.evaluate_workdir(run)
   assert ev['compact_top1'] == res['compact_top1'] == res['top1_best']
   assert ev['flops'] == res['flops']
+
+
+class CrashAfterSteps(DCFF):
+  """Simulates a kill after epoch ``crash``'s steps, before its metrics line and checkpoint."""
+
+  def __init__(self, config, crash):
+    super().__init__(config)
+    self.crash = crash
+
+  def epoch_end(self, state, epoch):
+    if epoch == self.crash:
+      raise KeyboardInterrupt
+    return super().epoch_end(state, epoch)
+
+
+def test_resume_restores_fusion_state(smoke, tmp_path):
+  """Killed after epoch 2's steps and resumed == the uninterrupted smoke run: the stored scores,
+  selection and P_sel come back from the checkpoint (official ``layers_iScore`` resume)."""
+  wd, _ = smoke
+  c = quick.base_config(0, 3)
+  c.checkpoint_every_epochs = 1
+  c.method.export = False
+  run_dir = str(tmp_path / 'resumed')
+  with quick.compilation_cache(os.path.join(wd, 'xla_cache')):
+    with pytest.raises(KeyboardInterrupt):
+      train.run(c, run_dir, CrashAfterSteps(c, 2))
+    train.run(c, run_dir, DCFF(c))
+
+  def rows(d):
+    with open(os.path.join(d, 'metrics.jsonl')) as f:
+      return [json.loads(line) for line in f]
+  ref, got = rows(os.path.join(wd, 'dcff_faithful_seed0')), rows(run_dir)
+  assert [r['epoch'] for r in got] == [0, 1, 2]
+  for a, b in zip(ref, got):
+    for k in ('train_loss', 'test_top1', 'temperature', 'layers_scores_replaced',
+              'filters_selection_changed'):
+      assert a[k] == b[k], (k, a[k], b[k])
+  with open(os.path.join(wd, 'dcff_faithful_seed0', 'results.json')) as f:
+    sel_ref = json.load(f)['selected_filters_last']
+  with open(os.path.join(run_dir, 'results.json')) as f:
+    assert json.load(f)['selected_filters_last'] == sel_ref
