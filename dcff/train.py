@@ -28,7 +28,6 @@ import json
 import os
 from typing import Any, Dict
 
-import numpy as np
 
 from common import train
 from dcff import fusion

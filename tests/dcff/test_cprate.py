@@ -1,5 +1,4 @@
 """cprate strings -> widths and FLOPs/params (spec §1.4, §1.9 items 8-9, §0.1 table)."""
-import numpy as np
 import pytest
 
 from common import models

@@ -1,6 +1,5 @@
 """DCFF per-layer math against the spec's unit-testable properties (§1.9 items 1-6) and NumPy
 references written here (literal C x C x C KL, brute-force distances, slicing instead of fusion)."""
-import math
 
 import jax
 import jax.numpy as jnp
