@@ -23,13 +23,13 @@ DCFF-vs-scratch gap is *not* expected: from epoch 1 on faithful DCFF trains a fi
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from common.compile_cache import persistent_compilation_cache as compilation_cache
 from common import train
 from dcff import cprate as cprate_lib
 from dcff import fusion
@@ -47,35 +47,6 @@ M_DYN = 'DCFF, dynamic scores (ablation)'
 M_L1 = 'L1-norm prune + fine-tune'
 M_SCRATCH = 'narrow from scratch'
 M_DENSE = 'dense VGG-tiny'
-
-
-@contextlib.contextmanager
-def compilation_cache(path: str):
-  """Persistent XLA compilation cache under ``path`` for the duration (seeds and the two DCFF
-  variants compile identical programs; the cache makes that one compile). No-op when the process
-  already configured a cache; the previous settings are restored after."""
-  import jax
-  try:
-    from jax._src import compilation_cache as cc
-  except ImportError:  # private module moved: run without the cache
-    yield
-    return
-  if jax.config.jax_compilation_cache_dir:
-    yield
-    return
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-           'jax_persistent_cache_min_entry_size_bytes')
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  cc.reset_cache()
-  try:
-    yield
-  finally:
-    for n, v in old.items():
-      jax.config.update(n, v)
-    cc.reset_cache()
 
 
 def base_config(seed: int, epochs: int):

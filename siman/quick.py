@@ -25,13 +25,13 @@ the ordering is not guaranteed on such a small task; the checks say what happene
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from common.compile_cache import persistent_compilation_cache as compilation_cache
 from common import train
 from siman import plots as siman_plots
 from siman.configs import digits as digits_config
@@ -56,35 +56,6 @@ ARMS = {
     M_NOPROJ: ('siman_no_projection', 'siman', 'siman', {'percent_max': 0.0}),
 }
 ALL_SEEDS = (M_SIMAN, M_SIGN, M_FP)
-
-
-@contextlib.contextmanager
-def compilation_cache(path: str):
-  """Persistent XLA compilation cache under ``path`` for the duration: every seed of an arm
-  compiles the same programs, so only the first pays. No-op when a cache is already configured;
-  the previous settings are restored after."""
-  import jax
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-           'jax_persistent_cache_min_entry_size_bytes')
-  old = {n: getattr(jax.config, n, None) for n in names}
-  if old['jax_compilation_cache_dir']:
-    yield
-    return
-  try:
-    jax.config.update('jax_compilation_cache_dir', path)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  except (AttributeError, ValueError):
-    yield
-    return
-  try:
-    yield
-  finally:
-    for n, v in old.items():
-      try:
-        jax.config.update(n, v)
-      except (AttributeError, ValueError, TypeError):
-        pass
 
 
 def arm_config(label: str, seed: int, epochs: int):
