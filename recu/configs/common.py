@@ -17,6 +17,9 @@ def recu_config(model: str, dataset: str, num_epochs: int, batch_size: int,
   c.dataset.eval_batch_size = eval_batch_size
   # Both repos normalise CIFAR with the ImageNet mean/std (§0 "Data").
   c.dataset.normalization = 'imagenet' if dataset != 'digits' else ''
+  if dataset == 'imagenet2012':
+    # The ReCU torch loader: RandomResizedCrop(224, scale=(0.08, 1.25)) + PCA Lighting 0.1 (§0).
+    c.dataset.options = ml_collections.ConfigDict({'crop_scale': (0.08, 1.25), 'lighting': 0.1})
   c.model.name = model
   c.model.kwargs = ml_collections.ConfigDict({'act': 'recu'})
   c.optimizer.name = optimizer
