@@ -19,13 +19,13 @@ The spec warns that a 1-2 point gap is within noise on this task; the checks say
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Dict, List, Sequence
 
 import numpy as np
 
+from common.compile_cache import persistent_compilation_cache as compilation_cache
 from common import train
 from recu.configs import digits as digits_config
 from recu.train import ReCU, plot_diagnostics, plot_weight_histogram
@@ -33,34 +33,6 @@ from recu.train import ReCU, plot_diagnostics, plot_weight_histogram
 EPOCHS = 12
 SMOKE_EPOCHS = 4
 ARMS = (('ReCU', 'recu'), ('sign-ste', 'sign'), ('full precision', 'none'))
-
-
-@contextlib.contextmanager
-def compilation_cache(path: str):
-  """Persistent XLA compilation cache under ``path`` for the duration: the seeds of one arm compile
-  the same program, so only the first pays for it. Previous settings are restored after."""
-  import jax
-  old = {k: getattr(jax.config, k, None) for k in
-         ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-          'jax_persistent_cache_min_entry_size_bytes')}
-  if old['jax_compilation_cache_dir']:
-    yield
-    return
-  try:
-    jax.config.update('jax_compilation_cache_dir', path)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  except (AttributeError, ValueError):
-    yield
-    return
-  try:
-    yield
-  finally:
-    for k, v in old.items():
-      try:
-        jax.config.update(k, v)
-      except (AttributeError, ValueError, TypeError):
-        pass
 
 
 def _metrics(workdir: str) -> List[Dict]:
