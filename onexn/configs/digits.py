@@ -5,7 +5,7 @@
       --workdir=runs/onexn_digits_1x4 --config.init_checkpoint=runs/mbv2_digits
 
 Argument keys as ``onexn/configs/imagenet.py`` (pattern, n, p, rearrange, straddle), without the
-model. Fine-tuning as the spec's tiny experiment: 3 epochs (5 in the spec; fewer keep the quick
+model. Fine-tuning as the spec's tiny experiment: 2 epochs (5 in the spec; fewer keep the quick
 experiment within minutes), SGD 0.01 momentum 0.9, per-epoch cosine, wd 4e-5, batch 64, masks
 computed once from the dense model, classifier dense.
 
@@ -21,7 +21,7 @@ def get_config(arg: str = ''):
   model_cfg = imagenet.get_config(','.join(['mobilenet_v2'] + [a for a in (arg or '').split(',')
                                                                 if a.strip()]))
   c = digits_dense.get_config()
-  c.num_epochs = 3
+  c.num_epochs = 2
   c.optimizer.learning_rate = 0.01
   c.optimizer.weight_decay = 4e-5
   c.schedule.name = 'cosine'
