@@ -16,8 +16,9 @@ NHWC activation, K = C_in, C_out columns), at batch 1 and 8, every block size N 
   csr      scipy.sparse CSR with the same number of nonzeros, unstructured.
 
 Timing: warm-up (compile + 2 calls), then ``--repeats`` rounds in which dense and 1xN are timed
-alternately (each a loop of calls lasting >= 10 ms, ``block_until_ready`` at the end), so load
-from other processes hits both alike; the medians are reported. Ratios are printed, not asserted.
+alternately (each a loop of calls lasting >= 10 ms, garbage collection off, ``block_until_ready``
+at the end), so load from other processes hits both alike; the medians are reported. Both sides
+pay the same per-call costs (dispatch, a fresh output buffer). Ratios are printed, not asserted.
 
 The summary lines are the issue's claims: median 1xN speedup over dense on the MobileNet-V2 shapes
 at N = 4 per p (target >= 1.6x / 3x / 6x at p = 0.5 / 0.75 / 0.9; break-even at p <= 0.3), and the
@@ -29,6 +30,7 @@ export when ``onexn.export.end_to_end_latency`` is available.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -65,12 +67,20 @@ def random_block_mask(rng: np.random.Generator, k: int, m: int, n: int, p: float
 
 
 def _loop_seconds(fn: Callable, calls: int) -> float:
-  t = time.perf_counter()
-  out = None
-  for _ in range(calls):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t) / calls
+  # As timeit does: no garbage-collection pauses inside the timed loop (JAX call overhead
+  # allocates Python objects, and a collection costs more than a small GEMM).
+  gc_was_enabled = gc.isenabled()
+  gc.disable()
+  try:
+    t = time.perf_counter()
+    out = None
+    for _ in range(calls):
+      out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t) / calls
+  finally:
+    if gc_was_enabled:
+      gc.enable()
 
 
 def _calls_for(fn: Callable, min_seconds: float) -> int:
@@ -229,6 +239,11 @@ def main(argv=None) -> Dict:
   print(f'jax {jax.__version__}, devices {jax.devices()}, {os.cpu_count()} CPUs '
         f'(affinity {len(os.sched_getaffinity(0))}), kernel ISA {xla_ext.best_isa()}, '
         f'fp32, {repeats} timed rounds')
+  tiny = jnp.ones((8, 8), jnp.float32)
+  noop = jax.jit(lambda a: a + 1.0)
+  overhead_us = 1e6 * time_interleaved([lambda: noop(tiny)], repeats)[0]
+  print(f'per-call overhead of a trivial jitted op: {overhead_us:.1f} us (part of every dense and '
+        f'1xN time below; inside a jitted network it is paid once, not per layer)')
   rng = np.random.default_rng(args.seed)
   rows = []
   for model in models:
@@ -243,7 +258,7 @@ def main(argv=None) -> Dict:
   print_summary(summary)
   e2e = [] if args.no_end_to_end else end_to_end(args.quick)
   result = {'rows': rows, 'summary': {str(k): v for k, v in summary.items()}, 'end_to_end': e2e,
-            'isa': xla_ext.best_isa(), 'jax': jax.__version__}
+            'isa': xla_ext.best_isa(), 'jax': jax.__version__, 'call_overhead_us': overhead_us}
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=1)
