@@ -49,8 +49,8 @@ class SparseModel:
   conv is folded into it (``W' = W * gamma / sqrt(var + eps)``, ``b' = beta - mean * gamma /
   sqrt(var + eps)``; column scaling keeps the 1xN pattern), depthwise convs run as a sum of
   ``kh*kw`` shifted, per-channel-scaled slices (``onexn.depthwise``: XLA:CPU's grouped
-  convolution is ~40x slower at MobileNet shapes, which would hide every 1x1 saving), other dense convs through
-  ``lax.conv_general_dilated``, and the packed layers through ``onexn.sparse``.
+  convolution is ~40x slower at MobileNet shapes, which would hide every 1x1 saving), other dense
+  convs as one im2col GEMM (:func:`im2col_conv`), and the packed layers through ``onexn.sparse``.
 
   Attributes:
     model: the linen module whose ``__call__`` is run with its conv / dense / BN modules intercepted.
@@ -90,6 +90,24 @@ class SparseModel:
             'dense': {transforms.path_str(p): r for p, r in self.dense.items()}}
 
 
+def im2col_conv(x, kernel, strides, padding):
+  """Dense conv as one GEMM on im2col patches (rows ``(dy, dx, c)``, the HWIO flattening); the
+  same GEMM layout as ``onexn.sparse.sparse_conv``, and faster than XLA:CPU's direct conv for the
+  3-channel stem (the dense graph of a latency comparison uses it too)."""
+  kh, kw, c_in, c_out = kernel.shape
+  sh, sw = as_pair(strides)
+  (pt, pb), (pl, pr) = padding
+  b, h, w, c = x.shape
+  if (kh, kw) == (1, 1) and (pt, pb, pl, pr) == (0, 0, 0, 0):
+    return jnp.dot(x[:, ::sh, ::sw, :], kernel[0, 0], precision=jax.lax.Precision.HIGHEST)
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+  taps = [jax.lax.slice(xp, (0, dy, dx, 0), (b, dy + (ho - 1) * sh + 1, dx + (wo - 1) * sw + 1, c),
+                        (1, sh, sw, 1)) for dy in range(kh) for dx in range(kw)]
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return jnp.dot(patches, kernel.reshape(-1, c_out), precision=jax.lax.Precision.HIGHEST)
+
+
 def sparse_apply_fn(model: nn.Module, folded_bn: Tuple[str, ...], backend: str) -> Callable:
   """``(variables, weights, packed, bias, x) -> logits``: ``model.apply`` with intercepted layers."""
   folded = set(folded_bn)
@@ -119,6 +137,8 @@ def sparse_apply_fn(model: nn.Module, folded_bn: Tuple[str, ...], backend: str) 
         pads = explicit_padding(mod.padding, inp.shape[1:3], k.shape[:2], strides)
         if mod.feature_group_count > 1 and mod.feature_group_count == inp.shape[-1] == k.shape[-1]:
           y = depthwise_conv(inp, k, strides, pads)
+        elif mod.feature_group_count == 1:
+          y = im2col_conv(inp, k, strides, pads)
         else:
           y = jax.lax.conv_general_dilated(inp, k, strides, pads,
                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
@@ -238,21 +258,60 @@ def export_sparse(params, batch_stats, masks, model_cfg, *, n: int,
 
 def time_fn(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> float:
   """Median wall time in seconds of ``fn()`` (results blocked on), after ``warmup`` calls."""
+  return time_fns({'f': fn}, repeats, warmup)['f']['median']
+
+
+def time_fns(fns: Dict[str, Callable[[], Any]], repeats: int = 20,
+             warmup: int = 2) -> Dict[str, Dict[str, float]]:
+  """Times several functions **interleaved** (one call of each per round), so that load from
+  other processes hits all of them alike; returns ``{name: {'median', 'min'}}`` in seconds."""
   for _ in range(max(warmup, 1)):
-    jax.block_until_ready(fn())
-  times = []
+    for fn in fns.values():
+      jax.block_until_ready(fn())
+  times = {k: [] for k in fns}
   for _ in range(max(repeats, 1)):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[k].append(time.perf_counter() - t0)
+  return {k: {'median': statistics.median(v), 'min': min(v)} for k, v in times.items()}
+
+
+def layer_latency(sm: SparseModel, dm: SparseModel, specs, batch: int = 1,
+                  repeats: int = 20) -> Dict[str, float]:
+  """Sum over the packed layers of their time alone: sparse kernel vs the dense GEMM (min of
+  interleaved calls, BN-folded weights of ``dm``, random inputs of the layer's shape).
+
+  Returns:
+    ``{'pruned_layers_dense_ms', 'pruned_layers_sparse_ms', 'pruned_layers_speedup'}``.
+  """
+  by_path = {transforms.path_str(tuple(s.path)): s for s in specs}
+  dense_fn = jax.jit(lambda a, k, s: im2col_conv(a, k, s, ((k.shape[0] // 2,) * 2,) * 2),
+                     static_argnums=2)
+  sparse_fn = jax.jit(lambda a, p, s: sparse.sparse_conv(a, p, stride=s,
+                                                         padding=((p.kernel_size[0] // 2,) * 2,) * 2,
+                                                         backend=sm.backend), static_argnums=2)
+  tot_d = tot_s = 0.0
+  for key, pk in sm.packed.items():
+    s = by_path[key]
+    k = dm.weights[key]['kernel']
+    if s.kind != 'conv':
+      continue
+    a = jax.random.normal(jax.random.PRNGKey(0), (batch,) + tuple(s.in_hw) + (s.in_ch,))
+    t = time_fns({'d': lambda: dense_fn(a, k, (s.stride, s.stride)),
+                  's': lambda: sparse_fn(a, pk, (s.stride, s.stride))}, repeats)
+    tot_d += t['d']['min']
+    tot_s += t['s']['min']
+  return {'pruned_layers_dense_ms': 1e3 * tot_d, 'pruned_layers_sparse_ms': 1e3 * tot_s,
+          'pruned_layers_speedup': tot_d / tot_s if tot_s else float('nan')}
 
 
 def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int = 4,
                        model_name: str = 'mobilenet_v2', widths=None, input_hw=(224, 224),
                        batch: int = 1, num_classes: int = 1000, rearrange: bool = True,
                        repeats: int = 20, seed: int = 0, check: bool = True,
-                       backend: str = 'auto', model_kwargs=None) -> List[Dict[str, Any]]:
+                       per_layer: bool = True, backend: str = 'auto',
+                       model_kwargs=None) -> List[Dict[str, Any]]:
   """End-to-end CPU latency of a dense model vs its 1xN-sparse export (spec §2.6, Fig. 5).
 
   Random weights, BN statistics of the input (latency does not depend on the values); the masks are
@@ -266,10 +325,14 @@ def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int
     rearrange: compute masks with filter rearrangement (exported with the physical permutation).
     repeats: timed calls per measurement (median reported).
     check: also report the max |sparse - masked dense| logit difference.
+    per_layer: also time every packed layer alone against its dense GEMM (:func:`layer_latency`).
   Returns:
     one dict per p: ``p``, ``zoo_dense_ms`` (the zoo model under XLA, for context),
     ``dense_ms`` (the same deployment graph as the export with every layer dense: BN folded,
-    fast depthwise), ``sparse_ms``, ``speedup = dense_ms / sparse_ms`` (what 1xN sparsity buys),
+    fast depthwise), ``sparse_ms``, ``speedup = dense_ms / sparse_ms`` (what 1xN sparsity buys);
+    medians of interleaved calls, plus ``dense_min_ms``, ``sparse_min_ms``, ``speedup_min``;
+    with ``per_layer`` the :func:`layer_latency` fields (the part of the network 1xN prunes, the
+    rest — stem, depthwise convs, activations — being the same in both graphs);
     ``sparse_layers``, ``absorbed``, ``gathered``, ``max_rel_diff`` (vs the masked zoo model,
     relative to its largest logit).
   """
@@ -288,7 +351,7 @@ def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int
                        v['batch_stats'])
   params = v['params']
   zoo_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  zoo_ms = 1e3 * time_fn(lambda: zoo_fn({'params': params, 'batch_stats': stats}, x), repeats)
+  zoo_vars = {'params': params, 'batch_stats': stats}
   rows = []
   for p in sparsities:
     c = ml_collections.ConfigDict({'seed': seed, 'model': {'name': model_name, 'widths': widths,
@@ -299,12 +362,17 @@ def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int
     kw = dict(n=n, num_classes=num_classes, specs=specs, model=model, backend=backend)
     dm = export_sparse(params, stats, m, c.model, use_sparse_kernel=False, **kw)
     sm = export_sparse(params, stats, m, c.model, **kw)
-    dense_ms = 1e3 * time_fn(lambda: dm(x), repeats)
-    sparse_ms = 1e3 * time_fn(lambda: sm(x), repeats)
-    row = {'p': float(p), 'n': n, 'zoo_dense_ms': zoo_ms, 'dense_ms': dense_ms,
-           'sparse_ms': sparse_ms, 'speedup': dense_ms / sparse_ms,
+    t = time_fns({'zoo': lambda: zoo_fn(zoo_vars, x), 'dense': lambda: dm(x),
+                  'sparse': lambda: sm(x)}, repeats)
+    row = {'p': float(p), 'n': n, 'zoo_dense_ms': 1e3 * t['zoo']['median'],
+           'dense_ms': 1e3 * t['dense']['median'], 'sparse_ms': 1e3 * t['sparse']['median'],
+           'dense_min_ms': 1e3 * t['dense']['min'], 'sparse_min_ms': 1e3 * t['sparse']['min'],
+           'speedup': t['dense']['median'] / t['sparse']['median'],
+           'speedup_min': t['dense']['min'] / t['sparse']['min'],
            'sparse_layers': len(sm.packed), 'absorbed': len(sm.absorbed),
            'gathered': len(sm.gathers)}
+    if per_layer:
+      row.update(layer_latency(sm, dm, specs, batch, repeats))
     if check:
       masked_vars = {'params': common_masks.apply_masks(params, m), 'batch_stats': stats}
       ref = zoo_fn(masked_vars, x)

@@ -141,3 +141,19 @@ def test_fast_depthwise_context_equals_zoo_forward(net):
   with depthwise.fast_depthwise():
     fast = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
   np.testing.assert_allclose(fast, ref(v, x), atol=1e-4, rtol=1e-4)
+
+
+def test_end_to_end_latency_rows():
+  """The benchmark entry point (kernel engineer's bench.py calls it at 224x224): fields and
+  exactness on a narrow model; timings are reported, not asserted (shared CPUs)."""
+  rows = onexn.end_to_end_latency(
+      (0.5, 0.9), n=4, widths=MBV2_TINY, input_hw=(32, 32), num_classes=10, repeats=2,
+      model_kwargs={'strides': (1, 2, 1)})
+  assert [r['p'] for r in rows] == [0.5, 0.9]
+  for r in rows:
+    assert r['max_rel_diff'] < 1e-5
+    assert r['sparse_layers'] == 6 and r['absorbed'] == 3 and r['gathered'] == 0
+    for k in ('dense_ms', 'sparse_ms', 'zoo_dense_ms', 'pruned_layers_dense_ms',
+              'pruned_layers_sparse_ms'):
+      assert r[k] > 0
+    assert r['speedup'] == pytest.approx(r['dense_ms'] / r['sparse_ms'])
