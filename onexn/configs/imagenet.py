@@ -38,6 +38,9 @@ def make(model: str = 'mobilenet_v2', *, pattern: str = 'block', n: int = 4, p: 
   c.dataset.name = 'imagenet2012'
   c.dataset.batch_size = 256
   c.dataset.eval_batch_size = 256
+  # The README command uses the torchvision pipeline: RandomResizedCrop(224), area [0.08, 1]; the
+  # optional --use_dali path uses [0.08, 1.25] (--config.dataset.options.crop_scale='(0.08,1.25)').
+  c.dataset.options.crop_scale = (0.08, 1.0)
   c.model.name = model
   c.model.num_classes = 1000
   c.optimizer.name = 'sgd'
