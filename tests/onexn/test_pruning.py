@@ -57,7 +57,7 @@ SHAPES = [(3, 3, 6, 16), (1, 1, 12, 8), (1, 1, 5, 32), (3, 3, 1, 8)]
 
 @pytest.mark.parametrize('shape', SHAPES)
 @pytest.mark.parametrize('n', [1, 2, 4, 8])
-@pytest.mark.parametrize('p', [0.0, 0.3, 0.5, 0.75, 0.9])
+@pytest.mark.parametrize('p', [0.0, 0.3, 0.75])
 def test_block_mask_matches_official_flattening(shape, n, p):
   w = rand_kernel(shape, seed=n)
   m = np.asarray(onexn.block_mask(w, n, p))
