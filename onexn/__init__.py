@@ -14,6 +14,7 @@ Functional API (pure functions on HWIO kernels and parameter trees)::
   export_sparse(params, batch_stats, masks, model_cfg, n=N)   sparse inference function
   end_to_end_latency()                 MobileNet-V2 224x224 batch 1: dense vs 1x4-sparse CPU time
   pack / unpack / sparse_matmul / sparse_conv    the BSR format and the xla_ext kernel
+  sparse_matmul_cf                     channels-first kernel with fused bias/residual/ReLU(6)
 """
 from onexn.layer_policy import (layer_mask, masked_layers, model_masks, official_alternating_rule,
                                 rearranged_layers)
@@ -23,4 +24,5 @@ from onexn.pruning import (block_mask, block_scores, filter_mask, inverse_permut
                            weight_mask)
 from onexn.export import SparseModel, end_to_end_latency, export_sparse
 # The packed format and kernels (kernel engineer's ``onexn/sparse.py``).
-from onexn.sparse import PackedBlockSparse, pack, sparse_conv, sparse_matmul, unpack
+from onexn.sparse import (PackedBlockSparse, pack, sparse_conv, sparse_matmul, sparse_matmul_cf,
+                          unpack)

@@ -35,6 +35,9 @@ import numpy as np
 from xla_ext import _build
 
 TARGET_NAME = 'xla_ext_block_sparse_matmul'
+TARGET_NAME_CF = 'xla_ext_block_sparse_matmul_cf'
+# Epilogue activations of the channels-first kernel, as the C++ `activation` attribute numbers them.
+ACTIVATIONS = {'none': 0, 'relu': 1, 'relu6': 2}
 # Instruction sets of the kernel, as the C++ `isa` attribute numbers them.
 ISAS = {'auto': 0, 'generic': 1, 'avx2': 2, 'avx512': 3}
 # Element types the kernel reads (x) and writes (y); the values are always read as float32.
@@ -81,6 +84,8 @@ def _load() -> None:
       lib.XlaExtBsmmIsaSupported.argtypes = [ctypes.c_int64]
       jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(lib.XlaExtBlockSparseMatmul),
                                   platform='cpu')
+      jax.ffi.register_ffi_target(TARGET_NAME_CF,
+                                  jax.ffi.pycapsule(lib.XlaExtBlockSparseMatmulCf), platform='cpu')
       _lib, _lib_path, _load_error = lib, path, None
       return
     except (OSError, RuntimeError, AttributeError) as e:  # try the next way, keep the reason
@@ -154,6 +159,18 @@ def block_sparse_matmul(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
   if x_dtype not in KERNEL_DTYPES or out_dtype not in KERNEL_DTYPES:
     raise TypeError(f'the CPU kernel reads and writes float32 or bfloat16; got x {x_dtype}, '
                     f'out {out_dtype}')
+  _check_encoding(row_ptr, col_idx, values)
+  if x.ndim < 1:
+    raise ValueError(f'x must have rank >= 1 ([..., K]); got shape {x.shape}')
+  m = (row_ptr.shape[0] - 1) * values.shape[1]
+  out = jax.ShapeDtypeStruct(x.shape[:-1] + (m,), out_dtype)
+  call = jax.ffi.ffi_call(TARGET_NAME, out, vmap_method=vmap_method)
+  return call(row_ptr, col_idx, values.astype(jnp.float32), x,
+              num_threads=np.int64(num_threads), isa=np.int64(ISAS[isa]))
+
+
+
+def _check_encoding(row_ptr, col_idx, values) -> None:
   if jnp.dtype(row_ptr.dtype) != jnp.int32 or jnp.dtype(col_idx.dtype) != jnp.int32:
     raise TypeError(f'row_ptr and col_idx must be int32; got {row_ptr.dtype}, {col_idx.dtype}')
   if not jnp.issubdtype(values.dtype, jnp.floating):
@@ -164,13 +181,60 @@ def block_sparse_matmul(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
   if values.shape[0] != col_idx.shape[0] or values.shape[1] < 1:
     raise ValueError(f'values {values.shape} must be [nnzb, N>=1] with nnzb = '
                      f'len(col_idx) = {col_idx.shape[0]}')
-  if x.ndim < 1:
-    raise ValueError(f'x must have rank >= 1 ([..., K]); got shape {x.shape}')
+
+
+def block_sparse_matmul_cf(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
+                           values: jax.Array, bias: Optional[jax.Array] = None,
+                           residual: Optional[jax.Array] = None, *, activation: str = 'none',
+                           num_threads: int = 0, isa: str = 'auto',
+                           vmap_method: str = 'sequential') -> jax.Array:
+  """One call of the channels-first FFI kernel (CPU only, float32), with a fused epilogue.
+
+  ``y[b, g*N + j, p] = act(sum_t values[t, j] * x[b, col_idx[t], p] + bias[g*N + j]
+  + residual[b, g*N + j, p])`` over the kept segments t of group g (spec section 2.3; the
+  epilogue is a folded BatchNorm's bias, a residual sum and ReLU / ReLU6).
+
+  Args:
+    x: float32 ``[B, K, P]`` (NCHW with H*W flattened to P).
+    row_ptr, col_idx, values: the BSR-by-output-block encoding, as :func:`block_sparse_matmul`.
+    bias: float32 ``[G*N]`` or None.
+    residual: float32 ``[B, G*N, P]`` or None (added before the activation).
+    activation: 'none' | 'relu' | 'relu6'.
+    num_threads, isa, vmap_method: as :func:`block_sparse_matmul`.
+  Returns:
+    y: float32 ``[B, G*N, P]``.
+  Raises:
+    RuntimeError: the kernel is not available (see `load_error()`).
+    ValueError/TypeError: bad shapes, dtypes or options (checked here, before C++ sees them).
+  """
+  _require()
+  if isa not in ISAS:
+    raise ValueError(f'isa must be one of {sorted(ISAS)}; got {isa!r}')
+  if activation not in ACTIVATIONS:
+    raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}')
+  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
+    raise ValueError(f'num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
+  _check_encoding(row_ptr, col_idx, values)
+  if jnp.dtype(x.dtype) != jnp.float32:
+    raise TypeError(f'the channels-first CPU kernel reads and writes float32; got x {x.dtype}')
+  if x.ndim != 3:
+    raise ValueError(f'x must be [B, K, P]; got shape {x.shape}')
   m = (row_ptr.shape[0] - 1) * values.shape[1]
-  out = jax.ShapeDtypeStruct(x.shape[:-1] + (m,), out_dtype)
-  call = jax.ffi.ffi_call(TARGET_NAME, out, vmap_method=vmap_method)
+  out_shape = (x.shape[0], m, x.shape[2])
+  if bias is not None and (tuple(bias.shape) != (m,) or jnp.dtype(bias.dtype) != jnp.float32):
+    raise ValueError(f'bias must be float32 [{m}]; got {bias.dtype} {tuple(bias.shape)}')
+  if residual is not None and (tuple(residual.shape) != out_shape or
+                               jnp.dtype(residual.dtype) != jnp.float32):
+    raise ValueError(f'residual must be float32 {list(out_shape)}; got {residual.dtype} '
+                     f'{list(residual.shape)}')
+  empty = jnp.zeros((0,), jnp.float32)
+  call = jax.ffi.ffi_call(TARGET_NAME_CF, jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          vmap_method=vmap_method)
   return call(row_ptr, col_idx, values.astype(jnp.float32), x,
-              num_threads=np.int64(num_threads), isa=np.int64(ISAS[isa]))
+              empty if bias is None else bias, empty if residual is None else residual,
+              num_threads=np.int64(num_threads), isa=np.int64(ISAS[isa]),
+              activation=np.int64(ACTIVATIONS[activation]), has_bias=np.int64(bias is not None),
+              has_residual=np.int64(residual is not None))
 
 
 _load()

@@ -57,6 +57,47 @@ extern const BsmmKernel kBsmmGeneric;
 extern const BsmmKernel kBsmmAvx2;
 extern const BsmmKernel kBsmmAvx512;
 
+// Channels-first variant with a fused epilogue (float32 only):
+//
+//   y[b, g*n + j, p] = act(sum_t values[t, j] * x[b, col_idx[t], p] + bias[g*n + j]
+//                          + residual[b, g*n + j, p])
+//
+// x is [batch, k, pixels] and y, residual are [batch, groups * n, pixels] (NCHW with H*W
+// flattened). Pixels are already the contiguous axis, so no operand is transposed and the
+// inputs of pruned-away channels are never read. bias and residual may be null.
+enum BsmmActivation : int32_t { kBsmmActNone = 0, kBsmmActRelu = 1, kBsmmActRelu6 = 2 };
+
+struct BsmmCfProblem {
+  const int32_t* row_ptr;  // [groups + 1]
+  const int32_t* col_idx;  // [nnzb]
+  const float* values;     // [nnzb, n]
+  const float* x;          // [batch, k, pixels]
+  const float* bias;       // [groups * n] or null
+  const float* residual;   // [batch, groups * n, pixels] or null
+  float* y;                // [batch, groups * n, pixels]
+  int64_t batch;
+  int64_t k;
+  int64_t pixels;
+  int64_t groups;
+  int64_t n;
+  int32_t activation;      // BsmmActivation
+};
+
+// Tiles are `tile_pixels` consecutive pixels of one image, numbered image-major:
+// tile t covers image t / TilesPerImage, pixels from (t % TilesPerImage) * tile_pixels.
+// `workspace` must hold BsmmPanelFloats(k, tile_pixels) floats, 64-byte aligned (the last,
+// partial tile of an image is copied there, zero-padded to whole vectors).
+struct BsmmCfKernel {
+  const char* name;
+  int64_t tile_pixels;
+  void (*run)(const BsmmCfProblem& problem, int64_t tile_begin, int64_t tile_end,
+              int64_t group_begin, int64_t group_end, float* workspace);
+};
+
+extern const BsmmCfKernel kBsmmCfGeneric;
+extern const BsmmCfKernel kBsmmCfAvx2;
+extern const BsmmCfKernel kBsmmCfAvx512;
+
 }  // namespace xla_ext
 
 #endif  // XLA_EXT_BSMM_H_

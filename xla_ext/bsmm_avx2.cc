@@ -26,6 +26,11 @@ struct Isa {
   static inline Vec Load(const float* p) { return _mm256_load_ps(p); }
   static inline Vec Bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline Vec LoadU(const float* p) { return _mm256_loadu_ps(p); }
+  static inline void StoreU(float* p, Vec a) { _mm256_storeu_ps(p, a); }
+  static inline Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  static inline Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+  static inline Vec Min(Vec a, Vec b) { return _mm256_min_ps(a, b); }
   // Lane l of a0..a3 are the 4 channels of pixel l: transpose each 128-bit half as a 4x4 block.
   static inline void StoreQuad(Vec a0, Vec a1, Vec a2, Vec a3, float* dst, int64_t stride) {
     const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
@@ -55,9 +60,11 @@ struct Isa {
 }  // namespace
 
 #include "bsmm_impl.h"
+#include "bsmm_cf_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx2 = {"avx2", Isa::kTile, &RunTiles};
+const BsmmCfKernel kBsmmCfAvx2 = {"avx2", Isa::kTile, &RunTilesCf};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

@@ -26,6 +26,11 @@ struct Isa {
   static inline Vec Load(const float* p) { return _mm512_load_ps(p); }
   static inline Vec Bcast(const float* p) { return _mm512_set1_ps(*p); }
   static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline Vec LoadU(const float* p) { return _mm512_loadu_ps(p); }
+  static inline void StoreU(float* p, Vec a) { _mm512_storeu_ps(p, a); }
+  static inline Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  static inline Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+  static inline Vec Min(Vec a, Vec b) { return _mm512_min_ps(a, b); }
   // Per 128-bit lane L, a 4x4 transpose leaves pixel 4L+i's 4 channels in lane L of u_i.
   static inline void StoreQuad(Vec a0, Vec a1, Vec a2, Vec a3, float* dst, int64_t stride) {
     const __m512 t0 = _mm512_unpacklo_ps(a0, a1), t1 = _mm512_unpackhi_ps(a0, a1);
@@ -121,9 +126,11 @@ struct Isa {
 }  // namespace
 
 #include "bsmm_impl.h"
+#include "bsmm_cf_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx512 = {"avx512", Isa::kTile, &RunTiles};
+const BsmmCfKernel kBsmmCfAvx512 = {"avx512", Isa::kTile, &RunTilesCf};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

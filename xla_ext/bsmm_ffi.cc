@@ -7,6 +7,15 @@
 // Attributes: num_threads (i64; 0 = all threads of XLA's intra-op pool), isa (i64; 0 = best the
 // CPU supports, 1 = portable, 2 = AVX2+FMA, 3 = AVX-512).
 //
+// "xla_ext_block_sparse_matmul_cf": the same product channels-first with a fused epilogue,
+//
+//   y[b, g*N + j, p] = act(sum_t values[t, j] * x[b, col_idx[t], p] + bias[g*N + j]
+//                          + residual[b, g*N + j, p])
+//
+// Operands: row_ptr, col_idx, values as above, x f32[B, K, P], bias f32[G*N] (or [0]), residual
+// f32[B, G*N, P] (or [0]). Result: y f32[B, G*N, P]. Attributes: num_threads, isa as above,
+// activation (0 none, 1 relu, 2 relu6), has_bias, has_residual (0/1).
+//
 // The instruction set is picked at run time with __builtin_cpu_supports, so one build runs on
 // any x86-64 CPU. Work is split over row tiles (and over output groups when there are few tiles)
 // and run on XLA's intra-op thread pool; the calling thread takes part, so the call completes
@@ -80,12 +89,13 @@ float* ThreadWorkspace(int64_t floats) {
 
 // Work items: tile chunks x group chunks, claimed dynamically by the participating threads.
 struct Plan {
-  int64_t tiles, tiles_per_item, group_chunks, groups_per_item, items;
+  int64_t tiles, groups, tiles_per_item, group_chunks, groups_per_item, items;
 };
 
-Plan MakePlan(int64_t rows, int64_t groups, int64_t tile_rows, int64_t k, int64_t threads) {
+Plan MakePlan(int64_t tiles, int64_t groups, int64_t threads) {
   Plan p;
-  p.tiles = (rows + tile_rows - 1) / tile_rows;
+  p.tiles = tiles;
+  p.groups = groups;
   // Enough items for dynamic load balance (about 4 per thread).
   int64_t per_item = p.tiles / (4 * threads);
   per_item = per_item < 1 ? 1 : per_item;
@@ -110,28 +120,6 @@ struct SharedState {
   std::atomic<bool> out_of_memory{false};
 };
 
-void RunItems(const xla_ext::BsmmKernel* kernel, const xla_ext::BsmmProblem& pr, const Plan& plan,
-              SharedState* state) {
-  float* ws = nullptr;
-  for (;;) {
-    const int64_t item = state->next.fetch_add(1, std::memory_order_relaxed);
-    if (item >= plan.items) return;
-    if (ws == nullptr) ws = ThreadWorkspace(
-        xla_ext::BsmmWorkspaceFloats(pr.k, pr.n, kernel->tile_rows));
-    if (ws == nullptr) {
-      state->out_of_memory.store(true);
-    } else {
-      const int64_t ti = item / plan.group_chunks, gi = item % plan.group_chunks;
-      const int64_t t0 = ti * plan.tiles_per_item;
-      const int64_t t1 = t0 + plan.tiles_per_item < plan.tiles ? t0 + plan.tiles_per_item : plan.tiles;
-      const int64_t g0 = gi * plan.groups_per_item;
-      const int64_t g1 = g0 + plan.groups_per_item < pr.groups ? g0 + plan.groups_per_item : pr.groups;
-      kernel->run(pr, t0, t1, g0, g1, ws);
-    }
-    state->done.fetch_add(1, std::memory_order_acq_rel);
-  }
-}
-
 int32_t ElemType(ffi::DataType t) {
   if (t == ffi::DataType::F32) return xla_ext::kBsmmF32;
   if (t == ffi::DataType::BF16) return xla_ext::kBsmmBF16;
@@ -144,20 +132,106 @@ std::string Dims(ffi::Span<const int64_t> d) {
   return s + "]";
 }
 
-ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row_ptr,
-                                 ffi::Buffer<ffi::S32> col_idx, ffi::Buffer<ffi::F32> values,
-                                 ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
-                                 int64_t num_threads, int64_t isa) {
+// `work(tile_begin, tile_end, group_begin, group_end, workspace)` computes one work item.
+template <class Work>
+void RunItems(const Work& work, int64_t workspace_floats, const Plan& plan, SharedState* state) {
+  float* ws = nullptr;
+  for (;;) {
+    const int64_t item = state->next.fetch_add(1, std::memory_order_relaxed);
+    if (item >= plan.items) return;
+    if (ws == nullptr) ws = ThreadWorkspace(workspace_floats);
+    if (ws == nullptr) {
+      state->out_of_memory.store(true);
+    } else {
+      const int64_t ti = item / plan.group_chunks, gi = item % plan.group_chunks;
+      const int64_t t0 = ti * plan.tiles_per_item;
+      const int64_t t1 = t0 + plan.tiles_per_item < plan.tiles ? t0 + plan.tiles_per_item : plan.tiles;
+      const int64_t g0 = gi * plan.groups_per_item;
+      const int64_t g1 = g0 + plan.groups_per_item < plan.groups ? g0 + plan.groups_per_item : plan.groups;
+      work(t0, t1, g0, g1, ws);
+    }
+    state->done.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+// Splits `plan` over the calling thread and `threads - 1` tasks on XLA's intra-op pool.
+template <class Work>
+ffi::Error RunParallel(ffi::ThreadPool& pool, int64_t threads, const Plan& plan,
+                       int64_t workspace_floats, const Work& work) {
+  if (threads > plan.items) threads = plan.items;
+  auto state = std::make_shared<SharedState>();
+  // Workers hold the shared state (a task that starts after the call returned must find
+  // `next` exhausted, not freed memory) and copies of the work description and plan.
+  for (int64_t i = 1; i < threads; ++i)
+    pool.Schedule([state, work, workspace_floats, plan]() {
+      RunItems(work, workspace_floats, plan, state.get());
+    });
+  RunItems(work, workspace_floats, plan, state.get());
+  while (state->done.load(std::memory_order_acquire) < plan.items) std::this_thread::yield();
+  if (state->out_of_memory.load())
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "block_sparse_matmul: could not allocate the packing workspace");
+  return ffi::Error::Success();
+}
+
+// Threads for a problem of `fmas` multiply-adds: below ~1e5 the hand-off to another thread
+// costs more than it saves.
+int64_t ThreadsFor(ffi::ThreadPool& pool, int64_t num_threads, double fmas) {
+  int64_t threads = num_threads > 0 ? num_threads : pool.num_threads();
+  if (threads < 1 || fmas < 1.0e5) threads = 1;
+  return threads;
+}
+
+// Checks the BSR encoding against k (O(G + nnzb), negligible next to the FMAs) so that a
+// corrupted operand is an error, not an out-of-bounds read.
+ffi::Error CheckEncoding(ffi::Buffer<ffi::S32>& row_ptr, ffi::Buffer<ffi::S32>& col_idx,
+                         ffi::Buffer<ffi::F32>& values, int64_t k) {
   const auto rd = row_ptr.dimensions(), cd = col_idx.dimensions(), vd = values.dimensions();
-  const auto xd = x.dimensions(), yd = y->dimensions();
   if (rd.size() != 1 || rd[0] < 1 || cd.size() != 1 || vd.size() != 2 || vd[1] < 1)
     return ffi::Error::InvalidArgument(
         "block_sparse_matmul: expected row_ptr [G+1], col_idx [nnzb], values [nnzb, N>=1]; got " +
         Dims(rd) + ", " + Dims(cd) + ", " + Dims(vd));
-  const int64_t groups = rd[0] - 1, nnzb = cd[0], n = vd[1];
+  const int64_t groups = rd[0] - 1, nnzb = cd[0];
   if (vd[0] != nnzb)
     return ffi::Error::InvalidArgument("block_sparse_matmul: values has " + std::to_string(vd[0]) +
                                        " segments but col_idx has " + std::to_string(nnzb));
+  const int32_t* rp = row_ptr.typed_data();
+  const int32_t* ci = col_idx.typed_data();
+  if (rp[0] != 0 || rp[groups] != nnzb)
+    return ffi::Error::InvalidArgument("block_sparse_matmul: row_ptr must start at 0 and end at "
+                                       "nnzb = " + std::to_string(nnzb));
+  for (int64_t g = 0; g < groups; ++g)
+    if (rp[g + 1] < rp[g])
+      return ffi::Error::InvalidArgument("block_sparse_matmul: row_ptr is decreasing at group " +
+                                         std::to_string(g));
+  // Branch-free (vectorised) scan first; the offending index is looked up only on failure.
+  uint32_t bad = 0;
+  for (int64_t t = 0; t < nnzb; ++t)
+    bad |= static_cast<uint32_t>(static_cast<uint32_t>(ci[t]) >= static_cast<uint64_t>(k));
+  if (bad)
+    for (int64_t t = 0; t < nnzb; ++t)
+      if (ci[t] < 0 || ci[t] >= k)
+        return ffi::Error::InvalidArgument("block_sparse_matmul: col_idx[" + std::to_string(t) +
+                                           "] = " + std::to_string(ci[t]) + " is outside [0, " +
+                                           std::to_string(k) + ")");
+  return ffi::Error::Success();
+}
+
+ffi::Error PickIsa(int64_t* isa) {
+  if (*isa == kIsaAuto) *isa = BestIsa();
+  if (*isa < kIsaGeneric || *isa > kIsaAvx512)
+    return ffi::Error::InvalidArgument("block_sparse_matmul: unknown isa");
+  if (!CpuSupports(*isa))
+    return ffi::Error::InvalidArgument(std::string("block_sparse_matmul: this CPU does not support ") +
+                                       KernelFor(*isa)->name);
+  return ffi::Error::Success();
+}
+
+ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row_ptr,
+                                 ffi::Buffer<ffi::S32> col_idx, ffi::Buffer<ffi::F32> values,
+                                 ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
+                                 int64_t num_threads, int64_t isa) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
   if (xd.size() < 1 || yd.size() != xd.size())
     return ffi::Error::InvalidArgument("block_sparse_matmul: x " + Dims(xd) + " and y " + Dims(yd) +
                                        " must have the same rank >= 1");
@@ -169,6 +243,9 @@ ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row
     rows *= xd[i];
   }
   const int64_t k = xd[xd.size() - 1];
+  if (ffi::Error e = CheckEncoding(row_ptr, col_idx, values, k); e.failure()) return e;
+  const int64_t groups = row_ptr.dimensions()[0] - 1, nnzb = col_idx.dimensions()[0];
+  const int64_t n = values.dimensions()[1];
   if (yd[yd.size() - 1] != groups * n)
     return ffi::Error::InvalidArgument("block_sparse_matmul: y has " +
                                        std::to_string(yd[yd.size() - 1]) + " features, need G*N = " +
@@ -176,35 +253,13 @@ ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row
   const int32_t x_type = ElemType(x.element_type()), y_type = ElemType(y->element_type());
   if (x_type < 0 || y_type < 0)
     return ffi::Error::InvalidArgument("block_sparse_matmul: x and y must be f32 or bf16");
-
-  // The encoding is validated on every call (O(G + nnzb), negligible next to rows * nnzb * N
-  // FMAs) so that a corrupted operand is an error, not an out-of-bounds read.
-  const int32_t* rp = row_ptr.typed_data();
-  const int32_t* ci = col_idx.typed_data();
-  if (rp[0] != 0 || rp[groups] != nnzb)
-    return ffi::Error::InvalidArgument("block_sparse_matmul: row_ptr must start at 0 and end at "
-                                       "nnzb = " + std::to_string(nnzb));
-  for (int64_t g = 0; g < groups; ++g)
-    if (rp[g + 1] < rp[g])
-      return ffi::Error::InvalidArgument("block_sparse_matmul: row_ptr is decreasing at group " +
-                                         std::to_string(g));
-  for (int64_t t = 0; t < nnzb; ++t)
-    if (ci[t] < 0 || ci[t] >= k)
-      return ffi::Error::InvalidArgument("block_sparse_matmul: col_idx[" + std::to_string(t) +
-                                         "] = " + std::to_string(ci[t]) + " is outside [0, " +
-                                         std::to_string(k) + ")");
-
-  if (isa == kIsaAuto) isa = BestIsa();
+  if (ffi::Error e = PickIsa(&isa); e.failure()) return e;
   const xla_ext::BsmmKernel* kernel = KernelFor(isa);
-  if (kernel == nullptr) return ffi::Error::InvalidArgument("block_sparse_matmul: unknown isa");
-  if (!CpuSupports(isa))
-    return ffi::Error::InvalidArgument(std::string("block_sparse_matmul: this CPU does not support ") +
-                                       kernel->name);
   if (rows == 0 || groups == 0) return ffi::Error::Success();
 
   xla_ext::BsmmProblem pr;
-  pr.row_ptr = rp;
-  pr.col_idx = ci;
+  pr.row_ptr = row_ptr.typed_data();
+  pr.col_idx = col_idx.typed_data();
   pr.values = values.typed_data();
   pr.x = x.untyped_data();
   pr.y = y->untyped_data();
@@ -215,25 +270,80 @@ ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row
   pr.x_type = x_type;
   pr.y_type = y_type;
 
-  int64_t threads = num_threads > 0 ? num_threads : pool.num_threads();
-  if (threads < 1) threads = 1;
-  // Below ~1e5 multiply-adds the hand-off to another thread costs more than it saves.
-  const double fmas = static_cast<double>(rows) * static_cast<double>(nnzb) * static_cast<double>(n);
-  if (fmas < 1.0e5) threads = 1;
-  const Plan plan = MakePlan(rows, groups, kernel->tile_rows, k, threads);
-  if (threads > plan.items) threads = plan.items;
+  const int64_t threads = ThreadsFor(pool, num_threads, static_cast<double>(rows) * nnzb * n);
+  const Plan plan = MakePlan((rows + kernel->tile_rows - 1) / kernel->tile_rows, groups, threads);
+  auto work = [kernel, pr](int64_t t0, int64_t t1, int64_t g0, int64_t g1, float* ws) {
+    kernel->run(pr, t0, t1, g0, g1, ws);
+  };
+  return RunParallel(pool, threads, plan,
+                     xla_ext::BsmmWorkspaceFloats(k, n, kernel->tile_rows), work);
+}
 
-  auto state = std::make_shared<SharedState>();
-  // Workers hold the shared state (a task that starts after the call returned must find
-  // `next` exhausted, not freed memory) and copies of the problem and plan.
-  for (int64_t i = 1; i < threads; ++i)
-    pool.Schedule([state, kernel, pr, plan]() { RunItems(kernel, pr, plan, state.get()); });
-  RunItems(kernel, pr, plan, state.get());
-  while (state->done.load(std::memory_order_acquire) < plan.items) std::this_thread::yield();
-  if (state->out_of_memory.load())
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      "block_sparse_matmul: could not allocate the packing workspace");
-  return ffi::Error::Success();
+const xla_ext::BsmmCfKernel* CfKernelFor(int64_t isa) {
+  switch (isa) {
+    case kIsaGeneric:
+      return &xla_ext::kBsmmCfGeneric;
+    case kIsaAvx2:
+      return &xla_ext::kBsmmCfAvx2;
+    default:
+      return &xla_ext::kBsmmCfAvx512;
+  }
+}
+
+ffi::Error BlockSparseMatmulCfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row_ptr,
+                                   ffi::Buffer<ffi::S32> col_idx, ffi::Buffer<ffi::F32> values,
+                                   ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> bias,
+                                   ffi::Buffer<ffi::F32> residual,
+                                   ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t num_threads,
+                                   int64_t isa, int64_t activation, int64_t has_bias,
+                                   int64_t has_residual) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 3 || yd.size() != 3 || xd[0] != yd[0] || xd[2] != yd[2])
+    return ffi::Error::InvalidArgument("block_sparse_matmul_cf: expected x [B, K, P] and y "
+                                       "[B, C_out, P]; got " + Dims(xd) + " and " + Dims(yd));
+  const int64_t batch = xd[0], k = xd[1], pixels = xd[2];
+  if (ffi::Error e = CheckEncoding(row_ptr, col_idx, values, k); e.failure()) return e;
+  const int64_t groups = row_ptr.dimensions()[0] - 1, nnzb = col_idx.dimensions()[0];
+  const int64_t n = values.dimensions()[1], m = groups * n;
+  if (yd[1] != m)
+    return ffi::Error::InvalidArgument("block_sparse_matmul_cf: y has " + std::to_string(yd[1]) +
+                                       " channels, need G*N = " + std::to_string(m));
+  if (has_bias && (bias.dimensions().size() != 1 || bias.dimensions()[0] != m))
+    return ffi::Error::InvalidArgument("block_sparse_matmul_cf: bias must be [" +
+                                       std::to_string(m) + "]; got " + Dims(bias.dimensions()));
+  if (has_residual && Dims(residual.dimensions()) != Dims(yd))
+    return ffi::Error::InvalidArgument("block_sparse_matmul_cf: residual must be " + Dims(yd) +
+                                       "; got " + Dims(residual.dimensions()));
+  if (activation < xla_ext::kBsmmActNone || activation > xla_ext::kBsmmActRelu6)
+    return ffi::Error::InvalidArgument("block_sparse_matmul_cf: activation must be 0 (none), "
+                                       "1 (relu) or 2 (relu6); got " + std::to_string(activation));
+  if (ffi::Error e = PickIsa(&isa); e.failure()) return e;
+  const xla_ext::BsmmCfKernel* kernel = CfKernelFor(isa);
+  if (batch == 0 || pixels == 0 || m == 0) return ffi::Error::Success();
+
+  xla_ext::BsmmCfProblem pr;
+  pr.row_ptr = row_ptr.typed_data();
+  pr.col_idx = col_idx.typed_data();
+  pr.values = values.typed_data();
+  pr.x = x.typed_data();
+  pr.bias = has_bias ? bias.typed_data() : nullptr;
+  pr.residual = has_residual ? residual.typed_data() : nullptr;
+  pr.y = y->typed_data();
+  pr.batch = batch;
+  pr.k = k;
+  pr.pixels = pixels;
+  pr.groups = groups;
+  pr.n = n;
+  pr.activation = static_cast<int32_t>(activation);
+
+  const int64_t threads =
+      ThreadsFor(pool, num_threads, static_cast<double>(batch) * pixels * nnzb * n);
+  const int64_t per_image = (pixels + kernel->tile_pixels - 1) / kernel->tile_pixels;
+  const Plan plan = MakePlan(batch * per_image, groups, threads);
+  auto work = [kernel, pr](int64_t t0, int64_t t1, int64_t g0, int64_t g1, float* ws) {
+    kernel->run(pr, t0, t1, g0, g1, ws);
+  };
+  return RunParallel(pool, threads, plan, xla_ext::BsmmPanelFloats(k, kernel->tile_pixels), work);
 }
 
 }  // namespace
@@ -252,6 +362,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XlaExtBlockSparseMatmul, BlockSparseMatmulImpl,
                                   .Ret<ffi::AnyBuffer>()         // y [..., G*N]
                                   .Attr<int64_t>("num_threads")
                                   .Attr<int64_t>("isa"));
+
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* XlaExtBlockSparseMatmulCf(
+    XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XlaExtBlockSparseMatmulCf, BlockSparseMatmulCfImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // row_ptr [G+1]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // col_idx [nnzb]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // values [nnzb, N]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [B, K, P]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [G*N] (or [0])
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // residual [B, G*N, P] (or [0])
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y [B, G*N, P]
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<int64_t>("isa")
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("has_bias")
+                                  .Attr<int64_t>("has_residual"));
 
 // Plain C queries for the Python side (which instruction sets this CPU can run).
 extern "C" __attribute__((visibility("default"))) int64_t XlaExtBsmmBestIsa() { return BestIsa(); }

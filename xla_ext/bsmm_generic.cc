@@ -56,6 +56,26 @@ struct Isa {
     for (int i = 0; i < kLanes; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
     return r;
   }
+  static inline Vec LoadU(const float* p) { return Load(p); }
+  static inline void StoreU(float* p, const Vec& a) {
+    for (int i = 0; i < kLanes; ++i) p[i] = a.v[i];
+  }
+  static inline Vec Add(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
+  }
+  // As maxps / minps: the second operand when either is NaN.
+  static inline Vec Max(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+    return r;
+  }
+  static inline Vec Min(const Vec& a, const Vec& b) {
+    Vec r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i];
+    return r;
+  }
   static inline void StoreQuad(const Vec& a0, const Vec& a1, const Vec& a2, const Vec& a3,
                                float* dst, int64_t stride) {
     for (int i = 0; i < kLanes; ++i) {
@@ -81,9 +101,11 @@ struct Isa {
 }  // namespace
 
 #include "bsmm_impl.h"
+#include "bsmm_cf_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmGeneric = {"generic", Isa::kTile, &RunTiles};
+const BsmmCfKernel kBsmmCfGeneric = {"generic", Isa::kTile, &RunTilesCf};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

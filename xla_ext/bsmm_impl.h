@@ -82,21 +82,23 @@ inline void PackPanel(const xla_ext::BsmmProblem& pr, int64_t p0, int64_t valid,
 }
 
 // Accumulates the kept segments of group g into acc[r * TV + t] for channels r0 .. r0 + R - 1.
-template <int R, int TV>
-inline void Accumulate(const xla_ext::BsmmProblem& pr, const float* __restrict panel, int64_t g,
-                       int64_t r0, typename Isa::Vec* __restrict acc) {
+// Input feature c of the tile is the TV vectors at panel + c * stride (a packed panel, stride
+// kTile and aligned; or, channels-first, x itself with stride = pixels, unaligned).
+template <int R, int TV, bool kAligned = true>
+inline void Accumulate(const int32_t* __restrict row_ptr, const int32_t* __restrict col,
+                       const float* __restrict values, int64_t n, const float* __restrict panel,
+                       int64_t stride, int64_t g, int64_t r0, typename Isa::Vec* __restrict acc) {
   using Vec = typename Isa::Vec;
-  const int32_t* __restrict col = pr.col_idx;
-  const int64_t n = pr.n;
-  const int64_t b0 = pr.row_ptr[g], b1 = pr.row_ptr[g + 1];
-  const float* __restrict v = pr.values + r0;
+  const int64_t b0 = row_ptr[g], b1 = row_ptr[g + 1];
+  const float* __restrict v = values + r0;
 #pragma GCC unroll 32
   for (int i = 0; i < R * TV; ++i) acc[i] = Isa::Zero();
   for (int64_t b = b0; b < b1; ++b) {
-    const float* xp = panel + static_cast<int64_t>(col[b]) * Isa::kTile;
+    const float* xp = panel + static_cast<int64_t>(col[b]) * stride;
     Vec xv[TV];
 #pragma GCC unroll 4
-    for (int t = 0; t < TV; ++t) xv[t] = Isa::Load(xp + t * Isa::kLanes);
+    for (int t = 0; t < TV; ++t)
+      xv[t] = kAligned ? Isa::Load(xp + t * Isa::kLanes) : Isa::LoadU(xp + t * Isa::kLanes);
     const float* w = v + b * n;
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
@@ -140,7 +142,7 @@ template <int R, int TV>
 inline void BlockRows(const xla_ext::BsmmProblem& pr, const float* panel, int64_t g, int64_t r0,
                       float* out, int64_t ss, int64_t c_base) {
   typename Isa::Vec acc[R * TV];
-  Accumulate<R, TV>(pr, panel, g, r0, acc);
+  Accumulate<R, TV>(pr.row_ptr, pr.col_idx, pr.values, pr.n, panel, Isa::kTile, g, r0, acc);
   StoreBlock<R, TV>(acc, out, ss, g * pr.n + r0 - c_base);
 }
 
@@ -149,8 +151,9 @@ template <int TV>
 inline void GroupPair(const xla_ext::BsmmProblem& pr, const float* panel, int64_t g, float* out,
                       int64_t ss, int64_t c_base) {
   typename Isa::Vec acc[8 * TV];
-  Accumulate<4, TV>(pr, panel, g, 0, acc);
-  Accumulate<4, TV>(pr, panel, g + 1, 0, acc + 4 * TV);
+  Accumulate<4, TV>(pr.row_ptr, pr.col_idx, pr.values, 4, panel, Isa::kTile, g, 0, acc);
+  Accumulate<4, TV>(pr.row_ptr, pr.col_idx, pr.values, 4, panel, Isa::kTile, g + 1, 0,
+                    acc + 4 * TV);
   StoreBlock<8, TV>(acc, out, ss, g * 4 - c_base);
 }
 
