@@ -5,27 +5,42 @@
 
 Spec ``shared/papers/pruning-dcff-1xn-whitebox-jackpot.md`` §2.8 (benchmark side by side) and
 §2.6 (the paper's latency claims, Fig. 5). For every 1x1-conv GEMM of the real networks at 224x224
-input whose output is 56x56, 28x28 or 14x14 (``common.models.layer_specs``; M = B*H*W rows of the
-NHWC activation, K = C_in, C_out columns), at batch 1 and 8, every block size N and pruning rate p
+input whose output is 56x56, 28x28 or 14x14 (``common.models.layer_specs``; K = C_in, C_out
+columns, P = H*W pixels per image), at batch 1 and 8, every block size N and pruning rate p
 (uniform random 1xN blocks, exactly ``int(#blocks * p)`` pruned):
 
-  dense    ``jnp.dot(x, w)`` under jit (XLA:CPU, all its threads);
-  1xN      ``onexn.sparse_matmul`` on the packed weight (the FFI kernel, all of XLA's threads);
+  dense    XLA:CPU's dot in both activation layouts, ``jnp.dot(x[B*P, K], w)`` (NHWC) and
+           ``einsum(w^T, x[B, K, P])`` (channels-first); the FASTER of the two is the baseline;
+  1xN      the FFI kernel on the packed weight: ``onexn.sparse_matmul`` (NHWC, which transposes
+           row tiles of x internally) and ``onexn.sparse_matmul_cf`` (channels-first, no
+           transposes; the reported 1xN time);
   bsr      scipy.sparse BSR with (N x 1) blocks, ``W^T @ X^T`` (its natural channels-first
-           layout, X^T prepared outside the timing; scipy is single-threaded);
+           layout; scipy is single-threaded);
   csr      scipy.sparse CSR with the same number of nonzeros, unstructured.
 
-Timing: warm-up (compile + 2 calls), then ``--repeats`` rounds in which dense and 1xN are timed
+Two timings, both printed:
+  in-graph  each op applied ``CHAIN`` times in sequence inside one jitted ``fori_loop`` (each
+            application depends on the previous one through an optimization barrier, so XLA
+            can neither hoist nor merge them) divided by ``CHAIN``: the op's cost inside a compiled
+            network, without Python dispatch. This is the headline ratio;
+  per call  one Python call of a jitted function per op, as a user calling it eagerly sees it:
+            every call also pays 4-5 us of dispatch and a fresh output buffer, the same on both
+            sides, which caps the ratio of small GEMMs (e.g. 27 us dense vs 4-5 us of overhead).
+Host memory: ``common.cpu_alloc.retain_freed_memory()`` first (glibc otherwise hands out fresh,
+page-faulting memory for every output over 128 KiB, which made single 1xN calls 1.5-3x slower at
+random; dense was unaffected).
+
+Timing: warm-up (compile + 2 calls), then ``--repeats`` rounds in which all variants are timed
 alternately (each a loop of calls lasting >= 10 ms, garbage collection off, ``block_until_ready``
-at the end), so load from other processes hits both alike; the medians are reported. Both sides
-pay the same per-call costs (dispatch, a fresh output buffer). Ratios are printed, not asserted.
+at the end), so load from other processes hits all alike; medians are reported. Ratios are
+printed, not asserted.
 
 The summary lines are the issue's claims: median 1xN speedup over dense on the MobileNet-V2 shapes
 at N = 4 per p (target >= 1.6x / 3x / 6x at p = 0.5 / 0.75 / 0.9; break-even at p <= 0.3), and the
-1xN speedup over scipy BSR (target >= 3x at every p).
+1xN speedup over scipy BSR (target >= 3x at every p; per-call times on both sides).
 
 ``end_to_end()`` (a separate section at the end) times the whole MobileNet-V2 dense vs its 1xN
-export when ``onexn.export.end_to_end_latency`` is available.
+export (``onexn.export.end_to_end_latency``).
 """
 from __future__ import annotations
 
@@ -43,9 +58,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import xla_ext
+from common import cpu_alloc
 from onexn import sparse
 
 RESOLUTIONS = (56, 28, 14)
+# Applications of an op per jitted call in the in-graph timing.
+CHAIN = 16
 
 
 def gemm_shapes(model_name: str) -> List[Tuple[int, int, int]]:
@@ -108,15 +126,36 @@ def time_host(fn: Callable, repeats: int, min_seconds: float = 0.01) -> float:
   return statistics.median(_loop_seconds(fn, calls) for _ in range(repeats))
 
 
+def chained(fn: Callable, out_shape: Tuple[int, ...], times: int = CHAIN) -> Callable:
+  """``jit(x, *args -> fn applied `times` times in sequence)``: per-op time inside a graph.
+
+  Every application reads the loop-carried x, which passes through ``lax.optimization_barrier``
+  together with the new output: XLA cannot prove it loop-invariant (so cannot hoist the op out of
+  the loop) nor reuse a previous result; the barrier itself is free (no copy, no compute).
+  """
+  def run(x, *args):
+    def body(_, carry):
+      return jax.lax.optimization_barrier((carry[0], fn(carry[0], *args)))
+    return jax.lax.fori_loop(0, times, body, (x, jnp.zeros(out_shape, jnp.float32)))[1]
+  return jax.jit(run)
+
+
 def bench_shape(k: int, m: int, pixels: int, batch: int, ns: Sequence[int], ps: Sequence[float],
                 repeats: int, with_scipy: bool, rng: np.random.Generator) -> List[Dict]:
+  """Times one GEMM shape at every (N, p): the fields listed in the module docstring, in us."""
   import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
   rows = batch * pixels
   x = jnp.asarray(rng.standard_normal((rows, k)), jnp.float32)
+  x_cf = jnp.asarray(np.asarray(x).reshape(batch, pixels, k).transpose(0, 2, 1))
   w = rng.standard_normal((k, m)).astype(np.float32)
-  wj = jnp.asarray(w)
-  dense = jax.jit(jnp.dot)
-  sparse_fn = jax.jit(sparse.sparse_matmul)
+  wj, wtj = jnp.asarray(w), jnp.asarray(np.ascontiguousarray(w.T))
+  dense_cf = lambda xc, wt: jnp.einsum('mk,bkp->bmp', wt, xc)
+  g_dense = chained(jnp.dot, (rows, m))
+  g_dense_cf = chained(dense_cf, (batch, m, pixels))
+  g_sparse = chained(sparse.sparse_matmul, (rows, m))
+  g_sparse_cf = chained(sparse.sparse_matmul_cf, (batch, m, pixels))
+  c_dense, c_dense_cf = jax.jit(jnp.dot), jax.jit(dense_cf)
+  c_sparse_cf = jax.jit(sparse.sparse_matmul_cf)
   xt = np.ascontiguousarray(np.asarray(x).T)  # scipy's natural layout, outside the timing
   flops = 2.0 * rows * k * m
   out = []
@@ -126,13 +165,22 @@ def bench_shape(k: int, m: int, pixels: int, batch: int, ns: Sequence[int], ps: 
     for p in ps:
       mask = random_block_mask(rng, k, m, n, p)
       packed = sparse.pack(w, mask, n)
-      t_dense, t_sparse = time_interleaved([lambda: dense(x, wj), lambda: sparse_fn(x, packed)],
-                                           repeats)
+      graph = time_interleaved([lambda: g_dense(x, wj), lambda: g_dense_cf(x_cf, wtj),
+                                lambda: g_sparse(x, packed), lambda: g_sparse_cf(x_cf, packed)],
+                               repeats)
+      d_nhwc, d_cf, s_nhwc, s_cf = (t / CHAIN for t in graph)
+      call = time_interleaved([lambda: c_dense(x, wj), lambda: c_dense_cf(x_cf, wtj),
+                               lambda: c_sparse_cf(x_cf, packed)], repeats)
+      d_best, c_best = min(d_nhwc, d_cf), min(call[0], call[1])
       row = {'k': k, 'm': m, 'pixels': pixels, 'batch': batch, 'rows': rows, 'n': n, 'p': p,
-             'density': packed.density, 'dense_us': 1e6 * t_dense, 'sparse_us': 1e6 * t_sparse,
-             'speedup': t_dense / t_sparse, 'dense_gflops': flops / t_dense / 1e9,
-             'effective_gflops': flops / t_sparse / 1e9,
-             'useful_gflops': 2.0 * rows * packed.nnzb * n / t_sparse / 1e9}
+             'density': packed.density,
+             'dense_nhwc_us': 1e6 * d_nhwc, 'dense_cf_us': 1e6 * d_cf, 'dense_us': 1e6 * d_best,
+             'sparse_nhwc_us': 1e6 * s_nhwc, 'sparse_cf_us': 1e6 * s_cf, 'sparse_us': 1e6 * s_cf,
+             'speedup': d_best / s_cf, 'speedup_nhwc': d_best / s_nhwc,
+             'call_dense_us': 1e6 * c_best, 'call_sparse_us': 1e6 * call[2],
+             'call_speedup': c_best / call[2],
+             'dense_gflops': flops / d_best / 1e9, 'effective_gflops': flops / s_cf / 1e9,
+             'useful_gflops': 2.0 * rows * packed.nnzb * n / s_cf / 1e9}
       if with_scipy:
         wm = w * mask
         bsr = sp.bsr_matrix(wm.T, blocksize=(n, 1))
@@ -143,24 +191,29 @@ def bench_shape(k: int, m: int, pixels: int, batch: int, ns: Sequence[int], ps: 
         sr = max(3, repeats // 2)
         row['bsr_us'] = 1e6 * time_host(lambda: bsr @ xt, sr)
         row['csr_us'] = 1e6 * time_host(lambda: csr @ xt, sr)
-        row['vs_bsr'] = row['bsr_us'] / row['sparse_us']
-        row['vs_csr'] = row['csr_us'] / row['sparse_us']
+        # Host calls against per-call kernel times: both pay a Python call, neither a graph.
+        row['vs_bsr'] = row['bsr_us'] / row['call_sparse_us']
+        row['vs_csr'] = row['csr_us'] / row['call_sparse_us']
       out.append(row)
   return out
 
 
 def _fmt_row(r: Dict) -> str:
-  s = (f"{r['k']:5d} {r['m']:5d} {r['rows']:6d} {r['n']:3d} {r['p']:5.2f} | "
-       f"{r['dense_us']:9.1f} {r['dense_gflops']:6.1f} | {r['sparse_us']:9.1f} "
-       f"{r['effective_gflops']:7.1f} {r['speedup']:6.2f}x")
+  s = (f"{r['k']:5d} {r['m']:5d} {r['batch']:2d}x{r['pixels']:<5d} {r['n']:3d} {r['p']:5.2f} | "
+       f"{r['dense_nhwc_us']:8.1f} {r['dense_cf_us']:8.1f} {r['dense_gflops']:6.1f} | "
+       f"{r['sparse_nhwc_us']:8.1f} {r['sparse_cf_us']:8.1f} {r['speedup']:6.2f}x | "
+       f"{r['call_dense_us']:8.1f} {r['call_sparse_us']:8.1f} {r['call_speedup']:6.2f}x")
   if 'bsr_us' in r:
     s += f" | {r['bsr_us']:9.1f} {r['vs_bsr']:6.1f}x | {r['csr_us']:9.1f} {r['vs_csr']:6.1f}x"
   return s
 
 
-HEADER = (f"{'K':>5} {'C_out':>5} {'M':>6} {'N':>3} {'p':>5} | {'dense us':>9} {'GF/s':>6} | "
-          f"{'1xN us':>9} {'eff GF/s':>7} {'vs dense':>7} | {'bsr us':>9} {'1xN/bsr':>7} | "
-          f"{'csr us':>9} {'1xN/csr':>7}")
+HEADER = (f"{'K':>5} {'C_out':>5} {'B x P':>8} {'N':>3} {'p':>5} | in-graph us: {'dense':>5}"
+          f" {'(cf)':>8} {'GF/s':>6} | {'1xN':>8} {'1xN cf':>8} {'speedup':>7} | per call us: "
+          f"{'dense':>3} {'1xN cf':>8} {'speedup':>7} | {'bsr us':>9} {'1xN/bsr':>7} | "
+          f"{'csr us':>9} {'1xN/csr':>7}\n(in-graph: dense = NHWC jnp.dot and channels-first "
+          f"einsum, the faster is the baseline; 1xN = NHWC kernel and channels-first kernel, the "
+          f"latter is reported)")
 
 
 def summarize(rows: List[Dict], ps: Sequence[float]) -> Dict:
@@ -173,6 +226,9 @@ def summarize(rows: List[Dict], ps: Sequence[float]) -> Dict:
       continue
     entry = {'median_speedup': statistics.median(r['speedup'] for r in at),
              'min_speedup': min(r['speedup'] for r in at), 'cases': len(at)}
+    if 'speedup_nhwc' in at[0]:
+      entry['median_speedup_nhwc'] = statistics.median(r['speedup_nhwc'] for r in at)
+      entry['median_call_speedup'] = statistics.median(r['call_speedup'] for r in at)
     if 'vs_bsr' in at[0]:
       entry['median_vs_bsr'] = statistics.median(r['vs_bsr'] for r in at)
       entry['min_vs_bsr'] = min(r['vs_bsr'] for r in at)
@@ -184,10 +240,13 @@ def print_summary(summary: Dict) -> None:
   targets = {0.3: 1.0, 0.5: 1.6, 0.75: 3.0, 0.9: 6.0}
   print('\n== Summary: MobileNet-V2 1x1 GEMMs, N=4, fp32 (medians over shapes x batches) ==')
   for p, e in summary.items():
-    line = (f"p={p:4.2f}: 1xN vs XLA dense median {e['median_speedup']:5.2f}x (min "
-            f"{e['min_speedup']:5.2f}x, {e['cases']} cases)")
+    line = (f"p={p:4.2f}: 1xN (channels-first) vs XLA dense, in-graph median "
+            f"{e['median_speedup']:5.2f}x (min {e['min_speedup']:5.2f}x, {e['cases']} cases)")
     if p in targets:
       line += f"  [issue target >= {targets[p]:.1f}x]"
+    if 'median_speedup_nhwc' in e:
+      line += (f"; NHWC kernel {e['median_speedup_nhwc']:5.2f}x; per call "
+               f"{e['median_call_speedup']:5.2f}x")
     if 'median_vs_bsr' in e:
       line += (f" | vs scipy BSR median {e['median_vs_bsr']:6.1f}x (min {e['min_vs_bsr']:5.1f}x)"
                f"  [target >= 3x]")
@@ -215,7 +274,7 @@ def end_to_end(quick: bool = False) -> List[Dict]:
 def main(argv=None) -> Dict:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true',
-                      help='MobileNet-V2 shapes, batch 1, N=4 only, fewer repeats (~1 minute)')
+                      help='MobileNet-V2 shapes, N=4 only, fewer repeats (a few minutes)')
   parser.add_argument('--models', default='mobilenet_v2,mobilenet_v1,resnet50')
   parser.add_argument('--n', default='4,8,16', help='block sizes N')
   parser.add_argument('--p', default='0.3,0.5,0.75,0.9', help='pruning rates p')
@@ -232,13 +291,14 @@ def main(argv=None) -> Dict:
   batches = [int(v) for v in args.batches.split(',')]
   repeats = args.repeats
   if args.quick:
-    models, ns, batches, repeats = ['mobilenet_v2'], [4], [1], max(3, args.repeats // 2)
+    models, ns, repeats = ['mobilenet_v2'], [4], max(3, args.repeats // 2)
   if not xla_ext.available():
     print(f'the xla_ext kernel is not available ({xla_ext.load_error()}); nothing to benchmark')
     return {}
+  malloc = cpu_alloc.retain_freed_memory()
   print(f'jax {jax.__version__}, devices {jax.devices()}, {os.cpu_count()} CPUs '
         f'(affinity {len(os.sched_getaffinity(0))}), kernel ISA {xla_ext.best_isa()}, '
-        f'fp32, {repeats} timed rounds')
+        f'fp32, {repeats} timed rounds, in-graph chains of {CHAIN}, malloc {malloc or "default"}')
   tiny = jnp.ones((8, 8), jnp.float32)
   noop = jax.jit(lambda a: a + 1.0)
   overhead_us = 1e6 * time_interleaved([lambda: noop(tiny)], repeats)[0]
@@ -247,7 +307,7 @@ def main(argv=None) -> Dict:
   rng = np.random.default_rng(args.seed)
   rows = []
   for model in models:
-    print(f'\n== {model}: 1x1-conv GEMMs (K = C_in, M = batch*H*W) ==\n{HEADER}')
+    print(f'\n== {model}: 1x1-conv GEMMs (K = C_in, B x P = batch x H*W) ==\n{HEADER}')
     for batch in batches:
       for k, m, pixels in gemm_shapes(model):
         for r in bench_shape(k, m, pixels, batch, ns, ps, repeats, not args.no_scipy, rng):

@@ -83,10 +83,10 @@ struct BsmmCfProblem {
   int32_t activation;      // BsmmActivation
 };
 
-// Tiles are `tile_pixels` consecutive pixels of one image, numbered image-major:
-// tile t covers image t / TilesPerImage, pixels from (t % TilesPerImage) * tile_pixels.
-// `workspace` must hold BsmmPanelFloats(k, tile_pixels) floats, 64-byte aligned (the last,
-// partial tile of an image is copied there, zero-padded to whole vectors).
+// Tiles are runs of at most `tile_pixels` consecutive pixels of one image, numbered image-major,
+// ceil(pixels / tile_pixels) per image (the kernel balances the last ones). `workspace`: null, or
+// BsmmPanelFloats(k, tile_pixels) floats, 64-byte aligned, where a tile of x whose rows are not
+// vector-aligned is copied (then read aligned by every group).
 struct BsmmCfKernel {
   const char* name;
   int64_t tile_pixels;

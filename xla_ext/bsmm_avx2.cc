@@ -31,6 +31,13 @@ struct Isa {
   static inline Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
   static inline Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
   static inline Vec Min(Vec a, Vec b) { return _mm256_min_ps(a, b); }
+  // The first n < kLanes lanes; masked-off lanes are neither read nor written (no fault).
+  using Mask = __m256i;
+  static inline Mask MakeMask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static inline Vec LoadMasked(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+  static inline void StoreMasked(float* p, Vec a, Mask m) { _mm256_maskstore_ps(p, m, a); }
   // Lane l of a0..a3 are the 4 channels of pixel l: transpose each 128-bit half as a 4x4 block.
   static inline void StoreQuad(Vec a0, Vec a1, Vec a2, Vec a3, float* dst, int64_t stride) {
     const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);

@@ -31,6 +31,11 @@ struct Isa {
   static inline Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   static inline Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
   static inline Vec Min(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+  // The first n < kLanes lanes; masked-off lanes are neither read nor written (no fault).
+  using Mask = __mmask16;
+  static inline Mask MakeMask(int n) { return static_cast<Mask>((1u << n) - 1u); }
+  static inline Vec LoadMasked(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static inline void StoreMasked(float* p, Vec a, Mask m) { _mm512_mask_storeu_ps(p, m, a); }
   // Per 128-bit lane L, a 4x4 transpose leaves pixel 4L+i's 4 channels in lane L of u_i.
   static inline void StoreQuad(Vec a0, Vec a1, Vec a2, Vec a3, float* dst, int64_t stride) {
     const __m512 t0 = _mm512_unpacklo_ps(a0, a1), t1 = _mm512_unpackhi_ps(a0, a1);

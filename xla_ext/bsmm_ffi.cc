@@ -139,8 +139,8 @@ void RunItems(const Work& work, int64_t workspace_floats, const Plan& plan, Shar
   for (;;) {
     const int64_t item = state->next.fetch_add(1, std::memory_order_relaxed);
     if (item >= plan.items) return;
-    if (ws == nullptr) ws = ThreadWorkspace(workspace_floats);
-    if (ws == nullptr) {
+    if (ws == nullptr && workspace_floats > 0) ws = ThreadWorkspace(workspace_floats);
+    if (ws == nullptr && workspace_floats > 0) {
       state->out_of_memory.store(true);
     } else {
       const int64_t ti = item / plan.group_chunks, gi = item % plan.group_chunks;
@@ -343,7 +343,9 @@ ffi::Error BlockSparseMatmulCfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> r
   auto work = [kernel, pr](int64_t t0, int64_t t1, int64_t g0, int64_t g1, float* ws) {
     kernel->run(pr, t0, t1, g0, g1, ws);
   };
-  return RunParallel(pool, threads, plan, xla_ext::BsmmPanelFloats(k, kernel->tile_pixels), work);
+  // A panel for tiles whose rows are not vector-aligned (bsmm_cf_impl.h, RunTileCf).
+  const int64_t ws = pixels % 16 != 0 ? xla_ext::BsmmPanelFloats(k, kernel->tile_pixels) : 0;
+  return RunParallel(pool, threads, plan, ws, work);
 }
 
 }  // namespace

@@ -76,6 +76,19 @@ struct Isa {
     for (int i = 0; i < kLanes; ++i) r.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i];
     return r;
   }
+  // The first n < kLanes lanes; the others are neither read nor written.
+  struct Mask {
+    int n;
+  };
+  static inline Mask MakeMask(int n) { return Mask{n}; }
+  static inline Vec LoadMasked(const float* p, Mask m) {
+    Vec r{};
+    for (int i = 0; i < m.n; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static inline void StoreMasked(float* p, const Vec& a, Mask m) {
+    for (int i = 0; i < m.n; ++i) p[i] = a.v[i];
+  }
   static inline void StoreQuad(const Vec& a0, const Vec& a1, const Vec& a2, const Vec& a3,
                                float* dst, int64_t stride) {
     for (int i = 0; i < kLanes; ++i) {

@@ -84,10 +84,13 @@ inline void PackPanel(const xla_ext::BsmmProblem& pr, int64_t p0, int64_t valid,
 // Accumulates the kept segments of group g into acc[r * TV + t] for channels r0 .. r0 + R - 1.
 // Input feature c of the tile is the TV vectors at panel + c * stride (a packed panel, stride
 // kTile and aligned; or, channels-first, x itself with stride = pixels, unaligned).
-template <int R, int TV, bool kAligned = true>
+// kPartial: the last of the TV vectors is loaded under `tail` (the pixels past the end of an
+// image's row are neither read nor counted).
+template <int R, int TV, bool kAligned = true, bool kPartial = false>
 inline void Accumulate(const int32_t* __restrict row_ptr, const int32_t* __restrict col,
                        const float* __restrict values, int64_t n, const float* __restrict panel,
-                       int64_t stride, int64_t g, int64_t r0, typename Isa::Vec* __restrict acc) {
+                       int64_t stride, int64_t g, int64_t r0, typename Isa::Vec* __restrict acc,
+                       typename Isa::Mask tail = typename Isa::Mask{}) {
   using Vec = typename Isa::Vec;
   const int64_t b0 = row_ptr[g], b1 = row_ptr[g + 1];
   const float* __restrict v = values + r0;
@@ -98,7 +101,8 @@ inline void Accumulate(const int32_t* __restrict row_ptr, const int32_t* __restr
     Vec xv[TV];
 #pragma GCC unroll 4
     for (int t = 0; t < TV; ++t)
-      xv[t] = kAligned ? Isa::Load(xp + t * Isa::kLanes) : Isa::LoadU(xp + t * Isa::kLanes);
+      xv[t] = (kPartial && t == TV - 1) ? Isa::LoadMasked(xp + t * Isa::kLanes, tail)
+              : kAligned ? Isa::Load(xp + t * Isa::kLanes) : Isa::LoadU(xp + t * Isa::kLanes);
     const float* w = v + b * n;
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
