@@ -84,9 +84,8 @@ struct BsmmCfProblem {
 };
 
 // Tiles are runs of at most `tile_pixels` consecutive pixels of one image, numbered image-major,
-// ceil(pixels / tile_pixels) per image (the kernel balances the last ones). `workspace`: null, or
-// BsmmPanelFloats(k, tile_pixels) floats, 64-byte aligned, where a tile of x whose rows are not
-// vector-aligned is copied (then read aligned by every group).
+// ceil(pixels / tile_pixels) per image, of near-equal size. No workspace is used (the argument
+// keeps the signature of BsmmKernel::run; it may be null).
 struct BsmmCfKernel {
   const char* name;
   int64_t tile_pixels;

@@ -20,6 +20,8 @@ struct Isa {
   static constexpr int kLanes = 8;
   static constexpr int kVecs = 3;
   static constexpr int kTile = kLanes * kVecs;
+  // Channels-first kernel (bsmm_cf_impl.h): 4 channels x kCfVecs vectors per register block.
+  static constexpr int kCfVecs = 3;
   static constexpr bool kWide = false;
 
   static inline Vec Zero() { return _mm256_setzero_ps(); }
@@ -71,7 +73,7 @@ struct Isa {
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx2 = {"avx2", Isa::kTile, &RunTiles};
-const BsmmCfKernel kBsmmCfAvx2 = {"avx2", Isa::kTile, &RunTilesCf};
+const BsmmCfKernel kBsmmCfAvx2 = {"avx2", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

@@ -20,6 +20,8 @@ struct Isa {
   static constexpr int kLanes = 16;
   static constexpr int kVecs = 3;
   static constexpr int kTile = kLanes * kVecs;
+  // Channels-first kernel (bsmm_cf_impl.h): 4 channels x kCfVecs vectors per register block.
+  static constexpr int kCfVecs = 6;
   static constexpr bool kWide = true;
 
   static inline Vec Zero() { return _mm512_setzero_ps(); }
@@ -135,7 +137,7 @@ struct Isa {
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx512 = {"avx512", Isa::kTile, &RunTiles};
-const BsmmCfKernel kBsmmCfAvx512 = {"avx512", Isa::kTile, &RunTilesCf};
+const BsmmCfKernel kBsmmCfAvx512 = {"avx512", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

@@ -11,8 +11,8 @@
 // * the accumulators [channel][pixel] are stored as they are, with the layer's epilogue (folded
 //   BN bias, residual sum, ReLU/ReLU6) applied in registers: the output is written once and not
 //   re-read by a separate elementwise pass.
-// Register blocking and summation order are those of the NHWC kernel: the same FMAs in the same
-// order, so both layouts give bit-identical results for the same packed weights.
+// Summation order is that of the NHWC kernel (one accumulator per output, kept segments in
+// storage order), so both layouts give bit-identical results for the same packed weights.
 
 namespace {
 
@@ -32,7 +32,7 @@ inline void StoreCf(const xla_ext::BsmmCfProblem& pr, const typename Isa::Vec* a
     const Vec bias = pr.bias ? Isa::Bcast(pr.bias + c) : zero;
     float* yr = pr.y + (b * m + c) * hw + p0;
     const float* rr = pr.residual ? pr.residual + (b * m + c) * hw + p0 : nullptr;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int t = 0; t < TV; ++t) {
       const bool partial = kPartial && t == TV - 1;
       Vec v = Isa::Add(acc[r * TV + t], bias);
@@ -50,111 +50,71 @@ inline void StoreCf(const xla_ext::BsmmCfProblem& pr, const typename Isa::Vec* a
   }
 }
 
-// All channels of groups [g0, g1) for one tile of TV vectors: input feature c of the tile is at
-// xt + c * xs (kAligned: a copied, aligned panel).
-template <int TV, bool kAligned, bool kPartial>
-inline void GroupsCf(const xla_ext::BsmmCfProblem& pr, const float* xt, int64_t xs, int64_t g0,
-                     int64_t g1, int64_t b, int64_t p0, typename Isa::Mask tail) {
+// All channels of groups [g0, g1) for one tile of TV vectors starting at pixel p0 of image b.
+// Register block: 4 channels (one N = 4 group, or a quarter of N = 16) x TV vectors, i.e. up to
+// 24 accumulators on AVX-512: per kept segment 4 broadcasts and TV loads feed 4 * TV FMAs. Wider
+// than the NHWC kernel's 8 x 3 block because here nothing ties the register block to a stored
+// 8-channel row, and the per-segment work (broadcasts, index load, loop) is what limits short
+// segment lists at high sparsity: measured, a 2-vector tile cost as much as a 3-vector one.
+template <int TV, bool kPartial>
+inline void GroupsCf(const xla_ext::BsmmCfProblem& pr, int64_t g0, int64_t g1, int64_t b,
+                     int64_t p0, typename Isa::Mask tail) {
   using Vec = typename Isa::Vec;
-  const int64_t n = pr.n;
+  const int64_t n = pr.n, xs = pr.pixels;
+  const float* xt = pr.x + b * pr.k * pr.pixels + p0;
   const int32_t* rp = pr.row_ptr;
   const int32_t* ci = pr.col_idx;
   const float* vals = pr.values;
-  // Loads of x are masked only when reading x itself; a panel is zero-padded.
-  constexpr bool kMaskLoads = kPartial && !kAligned;
-  int64_t g = g0;
-  if constexpr (Isa::kWide) {
-    if (n == 4) {
-      for (; g + 2 <= g1; g += 2) {
-        Vec acc[8 * TV];
-        Accumulate<4, TV, kAligned, kMaskLoads>(rp, ci, vals, 4, xt, xs, g, 0, acc, tail);
-        Accumulate<4, TV, kAligned, kMaskLoads>(rp, ci, vals, 4, xt, xs, g + 1, 0, acc + 4 * TV,
-                                                tail);
-        StoreCf<8, TV, kPartial>(pr, acc, b, g * 4, p0, tail);
-      }
-    }
-  }
-  for (; g < g1; ++g) {
+  for (int64_t g = g0; g < g1; ++g) {
     int64_t r0 = 0;
-    if constexpr (Isa::kWide) {
-      for (; r0 + 8 <= n; r0 += 8) {
-        Vec acc[8 * TV];
-        Accumulate<8, TV, kAligned, kMaskLoads>(rp, ci, vals, n, xt, xs, g, r0, acc, tail);
-        StoreCf<8, TV, kPartial>(pr, acc, b, g * n + r0, p0, tail);
-      }
-    }
     for (; r0 + 4 <= n; r0 += 4) {
       Vec acc[4 * TV];
-      Accumulate<4, TV, kAligned, kMaskLoads>(rp, ci, vals, n, xt, xs, g, r0, acc, tail);
+      Accumulate<4, TV, false, kPartial>(rp, ci, vals, n, xt, xs, g, r0, acc, tail);
       StoreCf<4, TV, kPartial>(pr, acc, b, g * n + r0, p0, tail);
     }
-    for (; r0 < n; ++r0) {  // N = 1, 2: one channel at a time
+    for (; r0 + 2 <= n; r0 += 2) {  // N = 2
+      Vec acc[2 * TV];
+      Accumulate<2, TV, false, kPartial>(rp, ci, vals, n, xt, xs, g, r0, acc, tail);
+      StoreCf<2, TV, kPartial>(pr, acc, b, g * n + r0, p0, tail);
+    }
+    for (; r0 < n; ++r0) {  // N = 1
       Vec acc[TV];
-      Accumulate<1, TV, kAligned, kMaskLoads>(rp, ci, vals, n, xt, xs, g, r0, acc, tail);
+      Accumulate<1, TV, false, kPartial>(rp, ci, vals, n, xt, xs, g, r0, acc, tail);
       StoreCf<1, TV, kPartial>(pr, acc, b, g * n + r0, p0, tail);
     }
   }
 }
 
-// Where the rows of x are not whole vectors apart (pixels % kLanes != 0, e.g. 14x14 = 196), most
-// vector loads of x would straddle two cache lines; measured 15-20% slower than aligned rows.
-// The tile is then copied once into an aligned, zero-padded panel [k][kTile] (k * TV vectors,
-// a few percent of the tile's FMAs) that all groups read.
+// A tile whose last vector ends inside the image's row reads and writes that vector under a
+// lane mask. (Rows whose length is not a whole number of vectors, 14x14 = 196 pixels, make most
+// loads straddle cache lines, about 15% slower; copying each tile into an aligned panel was
+// measured slower still, since the copy streams all k rows of x from L3 without overlap.)
 template <int TV>
 void RunTileCf(const xla_ext::BsmmCfProblem& pr, int64_t b, int64_t p0, int64_t valid,
-               int64_t g0, int64_t g1, float* panel) {
-  const float* xt = pr.x + b * pr.k * pr.pixels + p0;
+               int64_t g0, int64_t g1) {
   const int rest = static_cast<int>(valid - (TV - 1) * Isa::kLanes);
-  const typename Isa::Mask tail = Isa::MakeMask(rest % Isa::kLanes);
-  if (panel != nullptr && pr.pixels % Isa::kLanes != 0) {
-    for (int64_t c = 0; c < pr.k; ++c) {
-      const float* src = xt + c * pr.pixels;
-      float* dst = panel + c * Isa::kTile;
-#pragma GCC unroll 3
-      for (int t = 0; t < TV; ++t)
-        Isa::StoreU(dst + t * Isa::kLanes,
-                    (t == TV - 1 && rest < Isa::kLanes) ? Isa::LoadMasked(src + t * Isa::kLanes, tail)
-                                                         : Isa::LoadU(src + t * Isa::kLanes));
-    }
-    if (rest == Isa::kLanes)
-      GroupsCf<TV, true, false>(pr, panel, Isa::kTile, g0, g1, b, p0, tail);
-    else
-      GroupsCf<TV, true, true>(pr, panel, Isa::kTile, g0, g1, b, p0, tail);
-    return;
-  }
   if (rest == Isa::kLanes)
-    GroupsCf<TV, false, false>(pr, xt, pr.pixels, g0, g1, b, p0, tail);
+    GroupsCf<TV, false>(pr, g0, g1, b, p0, typename Isa::Mask{});
   else
-    GroupsCf<TV, false, true>(pr, xt, pr.pixels, g0, g1, b, p0, tail);
+    GroupsCf<TV, true>(pr, g0, g1, b, p0, Isa::MakeMask(rest));
 }
 
-// Tile t of an image of nv vectors: its first vector and vector count. Tiles hold kVecs
-// vectors, except that a remainder of one vector is avoided when possible: a one-vector tile
-// spends as many weight broadcasts per segment as a full one for a third of the FMAs, so
-// 3k + 1 vectors run as (k - 1) full tiles and two of two vectors.
+// Tile t of an image of nv vectors, split into ceil(nv / kCfVecs) tiles as evenly as possible
+// (sizes differ by at most one): its first vector and vector count.
 inline void CfTile(int64_t nv, int64_t t, int64_t* v0, int* tv) {
-  constexpr int V = Isa::kVecs;
-  if (V == 3 && nv >= 4 && nv % 3 == 1) {
-    const int64_t q = nv / 3;
-    if (t < q - 1) {
-      *v0 = 3 * t;
-      *tv = 3;
-    } else {
-      *v0 = 3 * (q - 1) + 2 * (t - (q - 1));
-      *tv = 2;
-    }
-    return;
-  }
-  *v0 = V * t;
-  *tv = static_cast<int>(MinI64(V, nv - V * t));
+  const int64_t tiles = (nv + Isa::kCfVecs - 1) / Isa::kCfVecs;
+  const int64_t base = nv / tiles, extra = nv % tiles;
+  *v0 = t * base + MinI64(t, extra);
+  *tv = static_cast<int>(base + (t < extra ? 1 : 0));
 }
 
-// Tiles are numbered image-major; an image has ceil(pixels / kTile) of them (bsmm.h).
+// Tiles are numbered image-major, ceil(pixels / (kCfVecs * kLanes)) per image (bsmm.h).
 void RunTilesCf(const xla_ext::BsmmCfProblem& pr, int64_t tile_begin, int64_t tile_end,
-                int64_t group_begin, int64_t group_end, float* workspace) {
-  static_assert(Isa::kVecs >= 1 && Isa::kVecs <= 3, "RunTilesCf dispatches 1..3 vectors per tile");
-  const int64_t per_image = (pr.pixels + Isa::kTile - 1) / Isa::kTile;
+                int64_t group_begin, int64_t group_end, float* /*workspace*/) {
+  static_assert(Isa::kCfVecs >= 1 && Isa::kCfVecs <= 6, "RunTilesCf dispatches 1..6 vectors");
   const int64_t nv = (pr.pixels + Isa::kLanes - 1) / Isa::kLanes;
+  const int64_t per_image = (nv + Isa::kCfVecs - 1) / Isa::kCfVecs;
+  constexpr int V = Isa::kCfVecs;
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
     const int64_t b = tile / per_image;
     int64_t v0;
@@ -163,10 +123,12 @@ void RunTilesCf(const xla_ext::BsmmCfProblem& pr, int64_t tile_begin, int64_t ti
     const int64_t p0 = v0 * Isa::kLanes;
     const int64_t valid = MinI64(tv * Isa::kLanes, pr.pixels - p0);
     switch (tv) {
-      case 1: RunTileCf<1>(pr, b, p0, valid, group_begin, group_end, workspace); break;
-      case 2: RunTileCf<(Isa::kVecs >= 2 ? 2 : 1)>(pr, b, p0, valid, group_begin, group_end,
-                                                   workspace); break;
-      default: RunTileCf<Isa::kVecs>(pr, b, p0, valid, group_begin, group_end, workspace); break;
+      case 1: RunTileCf<1>(pr, b, p0, valid, group_begin, group_end); break;
+      case 2: RunTileCf<(V >= 2 ? 2 : V)>(pr, b, p0, valid, group_begin, group_end); break;
+      case 3: RunTileCf<(V >= 3 ? 3 : V)>(pr, b, p0, valid, group_begin, group_end); break;
+      case 4: RunTileCf<(V >= 4 ? 4 : V)>(pr, b, p0, valid, group_begin, group_end); break;
+      case 5: RunTileCf<(V >= 5 ? 5 : V)>(pr, b, p0, valid, group_begin, group_end); break;
+      default: RunTileCf<V>(pr, b, p0, valid, group_begin, group_end); break;
     }
   }
 }

@@ -343,9 +343,7 @@ ffi::Error BlockSparseMatmulCfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> r
   auto work = [kernel, pr](int64_t t0, int64_t t1, int64_t g0, int64_t g1, float* ws) {
     kernel->run(pr, t0, t1, g0, g1, ws);
   };
-  // A panel for tiles whose rows are not vector-aligned (bsmm_cf_impl.h, RunTileCf).
-  const int64_t ws = pixels % 16 != 0 ? xla_ext::BsmmPanelFloats(k, kernel->tile_pixels) : 0;
-  return RunParallel(pool, threads, plan, ws, work);
+  return RunParallel(pool, threads, plan, /*workspace_floats=*/0, work);
 }
 
 }  // namespace

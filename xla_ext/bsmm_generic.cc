@@ -38,6 +38,8 @@ struct Isa {
   static constexpr int kLanes = 8;
   static constexpr int kVecs = 2;
   static constexpr int kTile = kLanes * kVecs;
+  // Channels-first kernel (bsmm_cf_impl.h): 4 channels x kCfVecs vectors per register block.
+  static constexpr int kCfVecs = 2;
   static constexpr bool kWide = false;
 
   static inline Vec Zero() { return Vec{}; }
@@ -118,7 +120,7 @@ struct Isa {
 
 namespace xla_ext {
 const BsmmKernel kBsmmGeneric = {"generic", Isa::kTile, &RunTiles};
-const BsmmCfKernel kBsmmCfGeneric = {"generic", Isa::kTile, &RunTilesCf};
+const BsmmCfKernel kBsmmCfGeneric = {"generic", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

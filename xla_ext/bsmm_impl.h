@@ -99,7 +99,7 @@ inline void Accumulate(const int32_t* __restrict row_ptr, const int32_t* __restr
   for (int64_t b = b0; b < b1; ++b) {
     const float* xp = panel + static_cast<int64_t>(col[b]) * stride;
     Vec xv[TV];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int t = 0; t < TV; ++t)
       xv[t] = (kPartial && t == TV - 1) ? Isa::LoadMasked(xp + t * Isa::kLanes, tail)
               : kAligned ? Isa::Load(xp + t * Isa::kLanes) : Isa::LoadU(xp + t * Isa::kLanes);
@@ -107,7 +107,7 @@ inline void Accumulate(const int32_t* __restrict row_ptr, const int32_t* __restr
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const Vec wr = Isa::Bcast(w + r);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int t = 0; t < TV; ++t) acc[r * TV + t] = Isa::Fma(wr, xv[t], acc[r * TV + t]);
     }
   }
