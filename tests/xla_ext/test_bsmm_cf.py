@@ -18,11 +18,11 @@ pytestmark = pytest.mark.skipif(not xla_ext.available(),
 
 ISAS = [i for i in ('generic', 'avx2', 'avx512') if xla_ext.available() and xla_ext.isa_supported(i)]
 ACTS = ('none', 'relu', 'relu6')
-# Pixel counts around every vector / tile boundary of the three ISAs (8 lanes x 2 or 3 vectors,
-# 16 lanes x 3 vectors), incl. the 3q+1-vector images that the kernel re-balances into tiles of
-# two vectors (25..32, 49..56 for 8 lanes; 49..64, 97..112 for 16 lanes) and 14x14 = 196.
+# Pixel counts around the vector (8 / 16 lanes) and tile boundaries of the three ISAs (tiles of
+# up to 2 x 8, 3 x 8 and 6 x 16 pixels, an image's tiles split evenly), incl. images of several
+# uneven tiles (e.g. 193..208 = 13 vectors of 16) and 14x14 = 196; hypothesis adds any P <= 200.
 PIXELS = [1, 2, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33, 40, 47, 48, 49, 55, 56, 57, 63, 64,
-          65, 80, 96, 97, 105, 112, 113, 144, 196]
+          65, 80, 95, 96, 97, 105, 112, 113, 144, 160, 191, 192, 193, 196, 208]
 
 
 def random_bsr(rng, k, groups, n, keep_prob, empty_groups=(), full_groups=()):
