@@ -621,7 +621,9 @@ def sparse_matmul_cf(x, packed: PackedBlockSparse, *, bias=None, residual=None,
   ``y[..., c, p] = act(sum_k W[k, c] x[..., k, p] + bias[c] + residual[..., c, p])``
 
   Jit-able, vmappable (a vmapped x / residual with shared weights becomes more images of one
-  kernel call) and differentiable (custom VJP through the dense reference).
+  kernel call) and differentiable (custom VJP through the dense reference). As with any sparse
+  kernel, a NaN/inf in an input channel reaches only the outputs whose kept weights read it (the
+  dense 'xla' fallback multiplies pruned zeros by it too).
 
   Args:
     x: ``[..., K, P]`` floating, ``K = packed.k`` (for a 1x1 conv, C_in; P = H*W pixels).
@@ -666,8 +668,9 @@ def sparse_matmul_cf(x, packed: PackedBlockSparse, *, bias=None, residual=None,
   cfg = _CfConfig(packed.n, packed.kernel_shape, backend, int(num_threads), isa, activation,
                   bias is not None, residual is not None)
   empty = jnp.zeros((0,), jnp.float32)
-  xb = x.reshape((-1, packed.k, pixels))
-  rb = empty if residual is None else residual.reshape((-1, c_out, pixels))
+  images = int(np.prod(lead, dtype=np.int64))  # not -1: reshape cannot infer it when P == 0
+  xb = x.reshape((images, packed.k, pixels))
+  rb = empty if residual is None else residual.reshape((images, c_out, pixels))
   y = _matmul_cf_jit(cfg, xb, packed.values, packed.row_ptr, packed.col_idx, packed.perm,
                      empty if bias is None else bias, rb)
   return y.reshape(out_shape)
