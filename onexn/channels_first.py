@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+import xla_ext
 from onexn import sparse
 
 SUPPORTED = ('MobileNetV2 (mobilenet_v2, mobilenet_v2_cifar)',
@@ -183,22 +184,55 @@ def taps3x3(x, hw, stride: int):
   return taps, (ho, wo)
 
 
-def depthwise3x3(x, kernel, bias, hw, stride: int, act: str):
-  """3x3 depthwise conv (padding 1, the zoo's) + bias + act on the padded-width layout: the sum
-  of the :func:`taps3x3` times per-channel weights (one XLA loop fusion).
+def _depthwise3x3_xla(x, kernel, bias, hw, stride: int, act: str):
+  taps, out_hw = taps3x3(x, hw, stride)
+  acc = None
+  for t, tap in enumerate(taps):
+    term = tap * kernel[:, t][:, None]
+    acc = term if acc is None else acc + term
+  return _activate(acc + bias[:, None], act), out_hw
+
+
+def depthwise3x3(x, kernel, bias, hw, stride: int, act: str, *, backend: str = 'auto',
+                 num_threads: int = 0):
+  """3x3 depthwise conv (padding 1, the zoo's) + bias + act on the padded-width layout.
+
+  'ffi' is the ``xla_ext`` CPU kernel (``xla_ext.depthwise3x3_cf``: reads the layout as it is,
+  junk columns ignored, one pass with the epilogue fused); 'xla' the sum of the :func:`taps3x3`
+  times per-channel weights (one XLA loop fusion after the zero-and-pad pass); 'auto' the kernel
+  on CPU when built (float32), else 'xla'. Both give the same numbers up to summation order.
 
   Args:
-    x: ``[B, C, h * (w + 2)]``; kernel ``[3, 3, C, 1]``; bias ``[C]``; hw ``(h, w)``.
+    x: ``[B, C, h * (w + 2)]``; kernel ``[C, 9]`` (per channel, ``(dy, dx)`` row-major); bias
+      ``[C]``; hw ``(h, w)``.
     stride: 1 or 2; act: 'none' | 'relu' | 'relu6'.
+    backend: 'auto' | 'ffi' | 'xla'; num_threads: kernel threads (0 = all of XLA's).
   Returns:
     ``(y [B, C, ho * (wo + 2)], (ho, wo))``.
   """
-  taps, hw = taps3x3(x, hw, stride)
-  acc = None
-  for t, tap in enumerate(taps):
-    term = tap * kernel[t // 3, t % 3]
-    acc = term if acc is None else acc + term
-  return _activate(acc + bias[:, None], act), hw
+  if backend not in sparse.BACKENDS:
+    raise ValueError(f'backend must be one of {sparse.BACKENDS}; got {backend!r}')
+  if stride not in (1, 2):
+    raise ValueError(f'channels_first: 3x3 conv stride must be 1 or 2; got {stride!r}')
+  h, w = hw
+  out_hw = ((h - 1) // stride + 1, (w - 1) // stride + 1)
+  usable = xla_ext.available() and all(jnp.dtype(a.dtype) == jnp.float32
+                                       for a in (x, kernel, bias))
+  if backend == 'ffi' and not usable:
+    raise TypeError(f'backend="ffi" needs the xla_ext kernel and float32 operands; available='
+                    f'{xla_ext.available()}, dtypes {x.dtype}, {kernel.dtype}, {bias.dtype}')
+  if backend == 'xla' or not usable:
+    return _depthwise3x3_xla(x, kernel, bias, hw, stride, act)
+
+  def ffi(x, kernel, bias):
+    return xla_ext.depthwise3x3_cf(x, kernel, bias, hw, stride, activation=act,
+                                   num_threads=num_threads)
+
+  if backend == 'ffi':
+    return ffi(x, kernel, bias), out_hw
+  y = lax.platform_dependent(x, kernel, bias, cpu=ffi,
+                             default=lambda *a: _depthwise3x3_xla(*a, hw, stride, act)[0])
+  return y, out_hw
 
 
 def cf_apply_fn(model, *, backend: str = 'auto', num_threads: int = 0) -> Callable:
@@ -260,10 +294,11 @@ def cf_apply_fn(model, *, backend: str = 'auto', num_threads: int = 0) -> Callab
         if a['residual'] is not None:
           saved = short = None
       elif kind == 'dw':
-        if key in packed or weights[key].shape[:2] != (3, 3):
+        if key in packed or weights[key].shape[1:] != (9,):
           raise ValueError(f'channels_first: depthwise conv {key!r} must be a dense 3x3 conv (1xN '
                            f'never prunes depthwise convs, spec §2.4; MobileNets use 3x3)')
-        x, hw = depthwise3x3(x, weights[key], bias[key], hw, a['stride'], a['act'])
+        x, hw = depthwise3x3(x, weights[key], bias[key], hw, a['stride'], a['act'],
+                             backend=backend, num_threads=num_threads)
       elif kind == 'pool':
         x = jnp.mean(from_padded_width(x, hw), axis=(2, 3))  # [B, C]
       elif kind == 'fc':
@@ -294,8 +329,11 @@ def cf_params(sm) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
   for key, d in sm.weights.items():
     k = jnp.asarray(d['kernel'])
     kind = kinds.get(key)
-    if kind == 'dw':
-      weights[key] = k[:, :, 0, :, None]
+    if kind == 'dw':  # HWIO [3, 3, 1, C] -> [C, 9]
+      if k.shape[:3] != (3, 3, 1):
+        raise ValueError(f'channels_first: depthwise conv {key!r} must be 3x3 (MobileNets); got '
+                         f'kernel {k.shape}')
+      weights[key] = jnp.transpose(k[:, :, 0, :], (2, 0, 1)).reshape(k.shape[-1], 9)
     elif kind == 'fc':
       weights[key] = k.reshape(-1, k.shape[-1])
     elif kind == 'stem':

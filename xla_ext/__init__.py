@@ -36,6 +36,7 @@ from xla_ext import _build
 
 TARGET_NAME = 'xla_ext_block_sparse_matmul'
 TARGET_NAME_CF = 'xla_ext_block_sparse_matmul_cf'
+TARGET_NAME_DW = 'xla_ext_depthwise3x3_cf'
 # Epilogue activations of the channels-first kernel, as the C++ `activation` attribute numbers them.
 ACTIVATIONS = {'none': 0, 'relu': 1, 'relu6': 2}
 # Instruction sets of the kernel, as the C++ `isa` attribute numbers them.
@@ -86,6 +87,8 @@ def _load() -> None:
                                   platform='cpu')
       jax.ffi.register_ffi_target(TARGET_NAME_CF,
                                   jax.ffi.pycapsule(lib.XlaExtBlockSparseMatmulCf), platform='cpu')
+      jax.ffi.register_ffi_target(TARGET_NAME_DW, jax.ffi.pycapsule(lib.XlaExtDepthwise3x3Cf),
+                                  platform='cpu')
       _lib, _lib_path, _load_error = lib, path, None
       return
     except (OSError, RuntimeError, AttributeError) as e:  # try the next way, keep the reason
@@ -235,6 +238,65 @@ def block_sparse_matmul_cf(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
               num_threads=np.int64(num_threads), isa=np.int64(ISAS[isa]),
               activation=np.int64(ACTIVATIONS[activation]), has_bias=np.int64(bias is not None),
               has_residual=np.int64(residual is not None))
+
+
+
+def depthwise3x3_cf(x: jax.Array, kernel: jax.Array, bias: jax.Array, hw, stride: int, *,
+                    activation: str = 'none', num_threads: int = 0, isa: str = 'auto',
+                    vmap_method: str = 'sequential') -> jax.Array:
+  """One call of the channels-first 3x3 depthwise FFI kernel (CPU only, float32).
+
+  ``y[b, c, o] = act(bias[c] + sum_{dy,dx} kernel[c, dy*3 + dx] * x[b, c, i(o) + (dy-1, dx-1)])``
+  with zero padding 1 (the zoo's ``k // 2``), on the padded-width layout of
+  ``onexn.channels_first``: a ``h x w`` plane is ``h`` rows of ``w + 2`` floats whose last two are
+  junk (ignored here; written as 0 in y).
+
+  Args:
+    x: float32 ``[B, C, h * (w + 2)]``.
+    kernel: float32 ``[C, 9]`` / ``[C, 3, 3]`` (per channel, row-major) or the depthwise HWIO
+      ``[3, 3, 1, C]`` of a flax conv with ``feature_group_count = C``.
+    bias: float32 ``[C]``.
+    hw: ``(h, w)``; stride: 1 or 2.
+    activation, num_threads, isa: as :func:`block_sparse_matmul_cf`.
+  Returns:
+    float32 ``[B, C, ho * (wo + 2)]`` with ``ho = ceil(h / stride)``, ``wo = ceil(w / stride)``.
+  Raises:
+    ValueError/TypeError: bad shapes, dtypes or options (checked here, before C++ sees them).
+  """
+  _require()
+  if isa not in ISAS:
+    raise ValueError(f'isa must be one of {sorted(ISAS)}; got {isa!r}')
+  if activation not in ACTIVATIONS:
+    raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}')
+  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
+    raise ValueError(f'num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
+  if stride not in (1, 2):
+    raise ValueError(f'stride must be 1 or 2; got {stride!r}')
+  h, w = (int(v) for v in hw)
+  if h < 1 or w < 1:
+    raise ValueError(f'hw must be two positive ints; got {hw!r}')
+  if x.ndim != 3 or x.shape[2] != h * (w + 2):
+    raise ValueError(f'x must be [B, C, h*(w+2)] = [B, C, {h * (w + 2)}] for hw={hw}; got '
+                     f'{list(x.shape)}')
+  c = x.shape[1]
+  if kernel.ndim == 4:
+    if kernel.shape != (3, 3, 1, c):
+      raise ValueError(f'a 4-D kernel must be the depthwise HWIO [3, 3, 1, {c}] (flax\'s); got '
+                       f'{list(kernel.shape)}')
+    kernel = jnp.transpose(kernel[:, :, 0, :], (2, 0, 1))
+  kernel = kernel.reshape(kernel.shape[0], -1) if kernel.ndim == 3 else kernel
+  if kernel.shape != (c, 9) or bias.shape != (c,):
+    raise ValueError(f'kernel must be [{c}, 9] (or [{c}, 3, 3]) and bias [{c}]; got '
+                     f'{list(kernel.shape)}, {list(bias.shape)}')
+  for name, a in (('x', x), ('kernel', kernel), ('bias', bias)):
+    if jnp.dtype(a.dtype) != jnp.float32:
+      raise TypeError(f'the depthwise CPU kernel computes float32; got {name} {a.dtype}')
+  ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+  out = jax.ShapeDtypeStruct((x.shape[0], c, ho * (wo + 2)), jnp.float32)
+  call = jax.ffi.ffi_call(TARGET_NAME_DW, out, vmap_method=vmap_method)
+  return call(x, kernel, bias, h=np.int64(h), w=np.int64(w), stride=np.int64(stride),
+              activation=np.int64(ACTIVATIONS[activation]), num_threads=np.int64(num_threads),
+              isa=np.int64(ISAS[isa]))
 
 
 _load()

@@ -40,6 +40,17 @@ struct Isa {
   }
   static inline Vec LoadMasked(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
   static inline void StoreMasked(float* p, Vec a, Mask m) { _mm256_maskstore_ps(p, m, a); }
+  // src[0 .. 2*kLanes): even-indexed elements to *even, odd-indexed to *odd (lanes beyond n,
+  // the count of valid src elements, read as 0).
+  static inline void Deinterleave(const float* src, int n, Vec* even, Vec* odd) {
+    const __m256 a = n >= 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, MakeMask(n));
+    const __m256 b = n >= 16 ? _mm256_loadu_ps(src + 8)
+                   : n <= 8 ? _mm256_setzero_ps() : _mm256_maskload_ps(src + 8, MakeMask(n - 8));
+    // per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6] -> 64-bit lanes (0, 2, 1, 3)
+    const __m256 e = _mm256_shuffle_ps(a, b, 0x88), o = _mm256_shuffle_ps(a, b, 0xDD);
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+    *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8));
+  }
   // Lane l of a0..a3 are the 4 channels of pixel l: transpose each 128-bit half as a 4x4 block.
   static inline void StoreQuad(Vec a0, Vec a1, Vec a2, Vec a3, float* dst, int64_t stride) {
     const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
@@ -70,10 +81,12 @@ struct Isa {
 
 #include "bsmm_impl.h"
 #include "bsmm_cf_impl.h"
+#include "bsmm_dw_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx2 = {"avx2", Isa::kTile, &RunTiles};
 const BsmmCfKernel kBsmmCfAvx2 = {"avx2", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
+const BsmmDwKernel kBsmmDwAvx2 = {"avx2", &RunDw, &DwWorkspace};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

@@ -38,6 +38,17 @@ struct Isa {
   static inline Mask MakeMask(int n) { return static_cast<Mask>((1u << n) - 1u); }
   static inline Vec LoadMasked(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   static inline void StoreMasked(float* p, Vec a, Mask m) { _mm512_mask_storeu_ps(p, m, a); }
+  // src[0 .. 2*kLanes): even-indexed elements to *even, odd-indexed to *odd (lanes beyond n,
+  // the count of valid src elements, read as 0).
+  static inline void Deinterleave(const float* src, int n, Vec* even, Vec* odd) {
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1u);
+    const __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1u);
+    const __m512 a = _mm512_maskz_loadu_ps(m0, src), b = _mm512_maskz_loadu_ps(m1, src + 16);
+    *even = _mm512_permutex2var_ps(a, ie, b);
+    *odd = _mm512_permutex2var_ps(a, io, b);
+  }
   // Per 128-bit lane L, a 4x4 transpose leaves pixel 4L+i's 4 channels in lane L of u_i.
   static inline void StoreQuad(Vec a0, Vec a1, Vec a2, Vec a3, float* dst, int64_t stride) {
     const __m512 t0 = _mm512_unpacklo_ps(a0, a1), t1 = _mm512_unpackhi_ps(a0, a1);
@@ -134,10 +145,12 @@ struct Isa {
 
 #include "bsmm_impl.h"
 #include "bsmm_cf_impl.h"
+#include "bsmm_dw_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx512 = {"avx512", Isa::kTile, &RunTiles};
 const BsmmCfKernel kBsmmCfAvx512 = {"avx512", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
+const BsmmDwKernel kBsmmDwAvx512 = {"avx512", &RunDw, &DwWorkspace};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

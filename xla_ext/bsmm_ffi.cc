@@ -16,6 +16,11 @@
 // f32[B, G*N, P] (or [0]). Result: y f32[B, G*N, P]. Attributes: num_threads, isa as above,
 // activation (0 none, 1 relu, 2 relu6), has_bias, has_residual (0/1).
 //
+// "xla_ext_depthwise3x3_cf": 3x3 depthwise conv (padding 1, stride 1/2) + bias + activation on
+// the channels-first padded-width layout (bsmm.h, BsmmDwProblem). Operands x f32[B, C, h*(w+2)],
+// kernel f32[C, 9], bias f32[C]; result f32[B, C, ho*(wo+2)]; attributes h, w, stride,
+// activation, num_threads, isa.
+//
 // The instruction set is picked at run time with __builtin_cpu_supports, so one build runs on
 // any x86-64 CPU. Work is split over row tiles (and over output groups when there are few tiles)
 // and run on XLA's intra-op thread pool; the calling thread takes part, so the call completes
@@ -346,6 +351,69 @@ ffi::Error BlockSparseMatmulCfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> r
   return RunParallel(pool, threads, plan, /*workspace_floats=*/0, work);
 }
 
+const xla_ext::BsmmDwKernel* DwKernelFor(int64_t isa) {
+  switch (isa) {
+    case kIsaGeneric:
+      return &xla_ext::kBsmmDwGeneric;
+    case kIsaAvx2:
+      return &xla_ext::kBsmmDwAvx2;
+    default:
+      return &xla_ext::kBsmmDwAvx512;
+  }
+}
+
+ffi::Error Depthwise3x3CfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
+                              ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t h, int64_t w,
+                              int64_t stride, int64_t activation, int64_t num_threads,
+                              int64_t isa) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
+  if (stride != 1 && stride != 2)
+    return ffi::Error::InvalidArgument("depthwise3x3_cf: stride must be 1 or 2; got " +
+                                       std::to_string(stride));
+  if (h < 1 || w < 1)
+    return ffi::Error::InvalidArgument("depthwise3x3_cf: h and w must be >= 1");
+  const int64_t ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+  if (xd.size() != 3 || yd.size() != 3 || xd[0] != yd[0] || xd[1] != yd[1] ||
+      xd[2] != h * (w + 2) || yd[2] != ho * (wo + 2))
+    return ffi::Error::InvalidArgument(
+        "depthwise3x3_cf: expected x [B, C, h*(w+2)] = [B, C, " + std::to_string(h * (w + 2)) +
+        "] and y [B, C, ho*(wo+2)] = [B, C, " + std::to_string(ho * (wo + 2)) + "]; got " +
+        Dims(xd) + " and " + Dims(yd));
+  const int64_t channels = xd[1];
+  const auto kd = kernel.dimensions(), bd = bias.dimensions();
+  if (kd.size() != 2 || kd[0] != channels || kd[1] != 9 || bd.size() != 1 || bd[0] != channels)
+    return ffi::Error::InvalidArgument("depthwise3x3_cf: kernel must be [C, 9] and bias [C] with "
+                                       "C = " + std::to_string(channels) + "; got " +
+                                       Dims(kernel.dimensions()) + ", " + Dims(bias.dimensions()));
+  if (activation < xla_ext::kBsmmActNone || activation > xla_ext::kBsmmActRelu6)
+    return ffi::Error::InvalidArgument("depthwise3x3_cf: activation must be 0, 1 or 2");
+  if (ffi::Error e = PickIsa(&isa); e.failure()) return e;
+  const xla_ext::BsmmDwKernel* k = DwKernelFor(isa);
+  const int64_t planes = xd[0] * channels;
+  if (planes == 0) return ffi::Error::Success();
+
+  xla_ext::BsmmDwProblem pr;
+  pr.x = x.typed_data();
+  pr.kernel = kernel.typed_data();
+  pr.bias = bias.typed_data();
+  pr.y = y->typed_data();
+  pr.batch = xd[0];
+  pr.channels = channels;
+  pr.h = h;
+  pr.w = w;
+  pr.ho = ho;
+  pr.wo = wo;
+  pr.stride = stride;
+  pr.activation = static_cast<int32_t>(activation);
+  const int64_t threads = ThreadsFor(pool, num_threads, 9.0 * planes * ho * wo);
+  const Plan plan = MakePlan(planes, 1, threads);
+  auto work = [k, pr](int64_t t0, int64_t t1, int64_t g0, int64_t g1, float* ws) {
+    k->run(pr, t0, t1, g0, g1, ws);
+  };
+  return RunParallel(pool, threads, plan, k->workspace_floats(h, w, stride), work);
+}
+
 }  // namespace
 
 // Built with -fvisibility=hidden: only the handler and the two queries below are exported.
@@ -381,6 +449,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XlaExtBlockSparseMatmulCf, BlockSparseMatmulCfImpl
                                   .Attr<int64_t>("activation")
                                   .Attr<int64_t>("has_bias")
                                   .Attr<int64_t>("has_residual"));
+
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* XlaExtDepthwise3x3Cf(
+    XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XlaExtDepthwise3x3Cf, Depthwise3x3CfImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [B, C, h*(w+2)]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel [C, 9]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [C]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y [B, C, ho*(wo+2)]
+                                  .Attr<int64_t>("h")
+                                  .Attr<int64_t>("w")
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<int64_t>("isa"));
 
 // Plain C queries for the Python side (which instruction sets this CPU can run).
 extern "C" __attribute__((visibility("default"))) int64_t XlaExtBsmmBestIsa() { return BestIsa(); }

@@ -91,6 +91,14 @@ struct Isa {
   static inline void StoreMasked(float* p, const Vec& a, Mask m) {
     for (int i = 0; i < m.n; ++i) p[i] = a.v[i];
   }
+  // src[0 .. 2*kLanes): even-indexed elements to *even, odd-indexed to *odd (lanes beyond n,
+  // the count of valid src elements, read as 0).
+  static inline void Deinterleave(const float* src, int n, Vec* even, Vec* odd) {
+    for (int i = 0; i < kLanes; ++i) {
+      even->v[i] = 2 * i < n ? src[2 * i] : 0.0f;
+      odd->v[i] = 2 * i + 1 < n ? src[2 * i + 1] : 0.0f;
+    }
+  }
   static inline void StoreQuad(const Vec& a0, const Vec& a1, const Vec& a2, const Vec& a3,
                                float* dst, int64_t stride) {
     for (int i = 0; i < kLanes; ++i) {
@@ -117,10 +125,12 @@ struct Isa {
 
 #include "bsmm_impl.h"
 #include "bsmm_cf_impl.h"
+#include "bsmm_dw_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmGeneric = {"generic", Isa::kTile, &RunTiles};
 const BsmmCfKernel kBsmmCfGeneric = {"generic", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
+const BsmmDwKernel kBsmmDwGeneric = {"generic", &RunDw, &DwWorkspace};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

@@ -120,9 +120,11 @@ def test_xla_backend_equals_auto(net):
   assert_close(fallback(x), ref)
 
 
+@pytest.mark.parametrize('backend', ['xla', 'ffi'])
 @pytest.mark.parametrize('hw,stride', [((7, 7), 1), ((7, 7), 2), ((6, 5), 2), ((5, 6), 1),
-                                       ((8, 8), 2)])
-def test_depthwise3x3_equals_lax(hw, stride):
+                                       ((8, 8), 2), ((1, 1), 1), ((1, 3), 2), ((9, 35), 1),
+                                       ((10, 37), 2)])
+def test_depthwise3x3_equals_lax(hw, stride, backend):
   """Padded-width layout helpers on odd / even / non-square maps against lax's grouped conv with
   the zoo's padding (1, 1)."""
   c = 5
@@ -138,9 +140,12 @@ def test_depthwise3x3_equals_lax(hw, stride):
   # junk columns may hold anything: poison them to check that nothing reads them
   junk = ~channels_first._valid_columns(hw)
   xp = jnp.where(jnp.asarray(junk), 1e6, xp)
-  y, out_hw = channels_first.depthwise3x3(xp, k[:, :, 0, :, None], b, hw, stride, 'relu6')
+  k9 = jnp.transpose(k[:, :, 0, :], (2, 0, 1)).reshape(c, 9)
+  y, out_hw = channels_first.depthwise3x3(xp, k9, b, hw, stride, 'relu6', backend=backend)
   assert out_hw == want.shape[2:]
   np.testing.assert_allclose(channels_first.from_padded_width(y, out_hw), want, atol=1e-5)
+  if backend == 'ffi':  # the kernel defines the output's junk columns as zeros
+    assert np.all(np.asarray(y)[..., ~channels_first._valid_columns(out_hw)] == 0)
 
 
 def test_unsupported_model_raises():
