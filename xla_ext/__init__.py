@@ -173,6 +173,16 @@ def block_sparse_matmul(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
 
 
 
+def _check_call_options(isa: str, activation: str, num_threads) -> None:
+  _require()
+  if isa not in ISAS:
+    raise ValueError(f'isa must be one of {sorted(ISAS)}; got {isa!r}')
+  if activation not in ACTIVATIONS:
+    raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}')
+  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
+    raise ValueError(f'num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
+
+
 def _check_encoding(row_ptr, col_idx, values) -> None:
   if jnp.dtype(row_ptr.dtype) != jnp.int32 or jnp.dtype(col_idx.dtype) != jnp.int32:
     raise TypeError(f'row_ptr and col_idx must be int32; got {row_ptr.dtype}, {col_idx.dtype}')
@@ -210,13 +220,7 @@ def block_sparse_matmul_cf(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
     RuntimeError: the kernel is not available (see `load_error()`).
     ValueError/TypeError: bad shapes, dtypes or options (checked here, before C++ sees them).
   """
-  _require()
-  if isa not in ISAS:
-    raise ValueError(f'isa must be one of {sorted(ISAS)}; got {isa!r}')
-  if activation not in ACTIVATIONS:
-    raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}')
-  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
-    raise ValueError(f'num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
+  _check_call_options(isa, activation, num_threads)
   _check_encoding(row_ptr, col_idx, values)
   if jnp.dtype(x.dtype) != jnp.float32:
     raise TypeError(f'the channels-first CPU kernel reads and writes float32; got x {x.dtype}')
@@ -263,13 +267,7 @@ def depthwise3x3_cf(x: jax.Array, kernel: jax.Array, bias: jax.Array, hw, stride
   Raises:
     ValueError/TypeError: bad shapes, dtypes or options (checked here, before C++ sees them).
   """
-  _require()
-  if isa not in ISAS:
-    raise ValueError(f'isa must be one of {sorted(ISAS)}; got {isa!r}')
-  if activation not in ACTIVATIONS:
-    raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}')
-  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
-    raise ValueError(f'num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
+  _check_call_options(isa, activation, num_threads)
   if stride not in (1, 2):
     raise ValueError(f'stride must be 1 or 2; got {stride!r}')
   h, w = (int(v) for v in hw)
