@@ -201,7 +201,8 @@ def bench_shape(k: int, m: int, pixels: int, batch: int, ns: Sequence[int], ps: 
 def _fmt_row(r: Dict) -> str:
   s = (f"{r['k']:5d} {r['m']:5d} {r['batch']:2d}x{r['pixels']:<5d} {r['n']:3d} {r['p']:5.2f} | "
        f"{r['dense_nhwc_us']:8.1f} {r['dense_cf_us']:8.1f} {r['dense_gflops']:6.1f} | "
-       f"{r['sparse_nhwc_us']:8.1f} {r['sparse_cf_us']:8.1f} {r['speedup']:6.2f}x | "
+       f"{r['sparse_nhwc_us']:8.1f} {r['sparse_cf_us']:8.1f} {r['effective_gflops']:7.1f} "
+       f"{r['speedup']:6.2f}x | "
        f"{r['call_dense_us']:8.1f} {r['call_sparse_us']:8.1f} {r['call_speedup']:6.2f}x")
   if 'bsr_us' in r:
     s += f" | {r['bsr_us']:9.1f} {r['vs_bsr']:6.1f}x | {r['csr_us']:9.1f} {r['vs_csr']:6.1f}x"
@@ -209,11 +210,13 @@ def _fmt_row(r: Dict) -> str:
 
 
 HEADER = (f"{'K':>5} {'C_out':>5} {'B x P':>8} {'N':>3} {'p':>5} | in-graph us: {'dense':>5}"
-          f" {'(cf)':>8} {'GF/s':>6} | {'1xN':>8} {'1xN cf':>8} {'speedup':>7} | per call us: "
+          f" {'(cf)':>8} {'GF/s':>6} | {'1xN':>8} {'1xN cf':>8} {'eff GF/s':>7} {'speedup':>7} | "
+          f"per call us: "
           f"{'dense':>3} {'1xN cf':>8} {'speedup':>7} | {'bsr us':>9} {'1xN/bsr':>7} | "
           f"{'csr us':>9} {'1xN/csr':>7}\n(in-graph: dense = NHWC jnp.dot and channels-first "
-          f"einsum, the faster is the baseline; 1xN = NHWC kernel and channels-first kernel, the "
-          f"latter is reported)")
+          f"einsum, the faster is the baseline, GF/s its rate; 1xN = NHWC kernel and "
+          f"channels-first kernel, the latter is reported; eff GF/s = the dense GEMM's FLOPs over "
+          f"the 1xN time)")
 
 
 def summarize(rows: List[Dict], ps: Sequence[float]) -> Dict:
