@@ -1,6 +1,6 @@
 // The channels-first 1xN block-sparse matmul with a fused epilogue (bsmm.h, BsmmCfProblem),
 // included by each ISA unit after bsmm_impl.h, whose Isa interface and Accumulate it reuses.
-// Besides what bsmm_impl.h needs, Isa provides LoadU / StoreU (unaligned), Add, Max, Min.
+// It uses the channels-first part of the Isa interface (listed in bsmm_impl.h).
 //
 // Why channels-first (spec section 2.3; shared/notes/jax-stack.md section 4): with x stored as
 // [k][pixels] per image, a kept segment's input feature over a tile of pixels is already a run of

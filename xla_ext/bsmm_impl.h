@@ -15,6 +15,15 @@
 //     // Rows [0, valid) of x ([valid, k], row stride k) into panel[c * kTile + j], j < cols,
 //     // zero for valid <= j < cols (cols is a multiple of 8, <= kTile).
 //     static void PackRowsF32(const float* x, int64_t k, int64_t valid, int64_t cols, float* panel);
+//     // Used by the channels-first kernels (bsmm_cf_impl.h, bsmm_dw_impl.h):
+//     static constexpr int kCfVecs;                     // vectors per channels-first tile
+//     static Vec LoadU(const float*); static void StoreU(float*, Vec);   // unaligned
+//     static Vec Add(Vec, Vec), Max(Vec, Vec), Min(Vec, Vec);  // Max/Min as maxps/minps
+//     using Mask = ...; static Mask MakeMask(int n);    // the first n < kLanes lanes
+//     static Vec LoadMasked(const float*, Mask);        // masked-off lanes 0, never read
+//     static void StoreMasked(float*, Vec, Mask);       // masked-off lanes never written
+//     // src[0 .. 2*kLanes) split into even- and odd-indexed elements (lanes >= n read as 0).
+//     static void Deinterleave(const float* src, int n, Vec* even, Vec* odd);
 //   };
 //
 // Algorithm (why this shape; spec section 2.3, and shared/notes/jax-stack.md section 4):
