@@ -332,7 +332,8 @@ def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int
     the packed layers sparse: the zoo's NHWC ``__call__`` with intercepted layers
     (:class:`SparseModel`: ``dense_nhwc_ms``, ``sparse_nhwc_ms``) and the channels-first graph with
     fused epilogues (``onexn.channels_first``: ``dense_cf_ms``, ``sparse_cf_ms``);
-    ``dense_ms`` = the faster dense graph (the fair baseline), ``sparse_ms`` = ``sparse_cf_ms``,
+    ``dense_ms`` = the faster dense graph (the fair baseline), ``sparse_ms`` = ``sparse_cf_ms``
+    (models without a channels-first graph, i.e. not MobileNet-V1/V2: the NHWC graphs only),
     ``speedup = dense_ms / sparse_ms`` (what 1xN sparsity buys); medians of interleaved calls,
     plus the same from minima: ``dense_min_ms``, ``sparse_min_ms``, ``speedup_min``
     (``*_nhwc_min_ms``, ``*_cf_min_ms`` raw); with ``per_layer`` the :func:`layer_latency` fields
@@ -347,6 +348,11 @@ def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int
   # Per-call XLA buffers otherwise page-fault on fresh mmaps, charged to whichever op writes first.
   cpu_alloc.retain_freed_memory()
   model = models.get_model(model_name, num_classes, widths=widths, **(model_kwargs or {}))
+  try:  # the channels-first graph exists for MobileNet-V1/V2; other models: NHWC graphs only
+    channels_first.layer_plan(model)
+    cf_supported = True
+  except ValueError:
+    cf_supported = False
   specs = models.layer_specs(model_name, widths=widths, input_hw=tuple(input_hw),
                              num_classes=num_classes, **(model_kwargs or {}))
   key = jax.random.PRNGKey(seed)
@@ -370,20 +376,25 @@ def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int
     kw = dict(n=n, num_classes=num_classes, specs=specs, model=model, backend=backend)
     dm = export_sparse(params, stats, m, c.model, use_sparse_kernel=False, **kw)
     sm = export_sparse(params, stats, m, c.model, **kw)
-    dcf = channels_first.ChannelsFirstModel(dm)
-    scf = channels_first.ChannelsFirstModel(sm)
-    t = time_fns({'zoo': lambda: zoo_fn(zoo_vars, x), 'dense_nhwc': lambda: dm(x),
-                  'sparse_nhwc': lambda: sm(x), 'dense_cf': lambda: dcf(x),
-                  'sparse_cf': lambda: scf(x)}, repeats)
+    fns = {'zoo': lambda: zoo_fn(zoo_vars, x), 'dense_nhwc': lambda: dm(x),
+           'sparse_nhwc': lambda: sm(x)}
+    graphs = [sm]
+    if cf_supported:
+      dcf = channels_first.ChannelsFirstModel(dm)
+      scf = channels_first.ChannelsFirstModel(sm)
+      fns.update({'dense_cf': lambda: dcf(x), 'sparse_cf': lambda: scf(x)})
+      graphs += [dcf, scf]
+    t = time_fns(fns, repeats)
     ms = {f'{k}_ms': 1e3 * v['median'] for k, v in t.items() if k != 'zoo'}
     ms.update({f'{k}_min_ms': 1e3 * v['min'] for k, v in t.items() if k != 'zoo'})
-    dense_ms = min(ms['dense_nhwc_ms'], ms['dense_cf_ms'])
-    dense_min = min(ms['dense_nhwc_min_ms'], ms['dense_cf_min_ms'])
+    sparse_key = 'sparse_cf' if cf_supported else 'sparse_nhwc'
+    dense_ms = min(v for k, v in ms.items() if k.startswith('dense') and not k.endswith('min_ms'))
+    dense_min = min(v for k, v in ms.items() if k.startswith('dense') and k.endswith('min_ms'))
     row = {'p': float(p), 'n': n, 'zoo_dense_ms': 1e3 * t['zoo']['median'],
-           'dense_ms': dense_ms, 'sparse_ms': ms['sparse_cf_ms'],
-           'dense_min_ms': dense_min, 'sparse_min_ms': ms['sparse_cf_min_ms'],
-           'speedup': dense_ms / ms['sparse_cf_ms'],
-           'speedup_min': dense_min / ms['sparse_cf_min_ms'], **ms,
+           'dense_ms': dense_ms, 'sparse_ms': ms[f'{sparse_key}_ms'],
+           'dense_min_ms': dense_min, 'sparse_min_ms': ms[f'{sparse_key}_min_ms'],
+           'speedup': dense_ms / ms[f'{sparse_key}_ms'],
+           'speedup_min': dense_min / ms[f'{sparse_key}_min_ms'], **ms,
            'sparse_layers': len(sm.packed), 'absorbed': len(sm.absorbed),
            'gathered': len(sm.gathers)}
     if per_layer:
@@ -392,6 +403,6 @@ def end_to_end_latency(sparsities: Sequence[float] = (0.5, 0.75, 0.9), *, n: int
       masked_vars = {'params': common_masks.apply_masks(params, m), 'batch_stats': stats}
       ref = zoo_fn(masked_vars, x)
       row['max_rel_diff'] = max(float(jnp.max(jnp.abs(f(x) - ref)) / jnp.max(jnp.abs(ref)))
-                                for f in (sm, dcf, scf))
+                                for f in graphs)
     rows.append(row)
   return rows

@@ -157,3 +157,16 @@ def test_end_to_end_latency_rows():
               'pruned_layers_sparse_ms'):
       assert r[k] > 0
     assert r['speedup'] == pytest.approx(r['dense_ms'] / r['sparse_ms'])
+    # the baseline is the faster dense graph; the sparse time is the channels-first graph's
+    assert r['dense_ms'] == min(r['dense_nhwc_ms'], r['dense_cf_ms'])
+    assert r['sparse_ms'] == r['sparse_cf_ms']
+
+
+def test_end_to_end_latency_without_channels_first_graph():
+  """Models other than MobileNet-V1/V2 have no channels-first graph: NHWC graphs only."""
+  rows = onexn.end_to_end_latency((0.5,), n=4, model_name='resnet20', input_hw=(32, 32),
+                                  num_classes=10, repeats=1, per_layer=False)
+  r = rows[0]
+  assert 'dense_cf_ms' not in r and 'sparse_cf_ms' not in r
+  assert r['dense_ms'] == r['dense_nhwc_ms'] and r['sparse_ms'] == r['sparse_nhwc_ms']
+  assert r['max_rel_diff'] < 1e-5 and r['sparse_layers'] > 0
