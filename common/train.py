@@ -94,6 +94,17 @@ class Method:
     self.config = config
     self.num_classes = None  # set by the engine from the dataset before build_model
 
+  def choice(self, key: str, default: str, allowed) -> str:
+    """``config.method[key]`` (``default`` when unset), checked against ``allowed``.
+
+    Raises:
+      UserError: naming the key, the allowed values and the value given.
+    """
+    value = self.config.get('method', {}).get(key, default)
+    if value not in allowed:
+      raise UserError(f'method.{key} must be one of {list(allowed)}; got {value!r}')
+    return value
+
   # --- model and variables -------------------------------------------------------------------
   def model_kwargs(self) -> Dict[str, Any]:
     kw = self.config.model.get('kwargs', None)

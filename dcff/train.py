@@ -55,9 +55,7 @@ class DCFF(train.Method):
         raise train.UserError('DCFF derives the compact widths from method.cprate; leave '
                               f'model.widths unset (got {self.config.model.widths!r})')
       m = self._mcfg()
-      if m.get('score_mode', 'faithful') not in fusion.SCORE_MODES:
-        raise train.UserError(f'method.score_mode must be one of {list(fusion.SCORE_MODES)}; '
-                              f'got {m.score_mode!r}')
+      self.choice('score_mode', 'faithful', fusion.SCORE_MODES)
       hw = tuple(self._image_shape[:2]) if getattr(self, '_image_shape', None) else (32, 32)
       nc = self.num_classes if self.num_classes else 10
       try:

@@ -132,14 +132,8 @@ class ReCU(train.Method):
   def __init__(self, config):
     super().__init__(config)
     m = config.method
-    self.weight_binarizer = m.get('weight_binarizer', 'recu')
-    if self.weight_binarizer not in WEIGHT_BINARIZERS:
-      raise train.UserError(f'method.weight_binarizer must be one of {list(WEIGHT_BINARIZERS)}; '
-                            f'got {self.weight_binarizer!r}')
-    self.decay_rule = m.get('decay_rule', 'all')
-    if self.decay_rule not in DECAY_RULES:
-      raise train.UserError(f'method.decay_rule must be one of {list(DECAY_RULES)}; got '
-                            f'{self.decay_rule!r}')
+    self.weight_binarizer = self.choice('weight_binarizer', 'recu', WEIGHT_BINARIZERS)
+    self.decay_rule = self.choice('decay_rule', 'all', DECAY_RULES)
     self.tau_min = float(m.get('tau_min', recu.TAU_MIN))
     self.tau_max = float(m.get('tau_max', recu.TAU_MAX))
     try:

@@ -63,18 +63,10 @@ class SiMaN(train.Method):
   def __init__(self, config):
     super().__init__(config)
     m = config.method
-    self.mode = m.get('weight_binarizer', 'siman')
-    if self.mode not in WEIGHT_BINARIZERS:
-      raise train.UserError(f'method.weight_binarizer must be one of {list(WEIGHT_BINARIZERS)}; '
-                            f'got {self.mode!r}')
+    self.mode = self.choice('weight_binarizer', 'siman', WEIGHT_BINARIZERS)
     self.name = {'siman': 'siman', 'sign_ste': 'sign_ste', 'none': 'full_precision'}[self.mode]
-    self.code_method = m.get('code_method', 'median')
-    if self.code_method not in siman.CODE_METHODS:
-      raise train.UserError(f'method.code_method must be one of {list(siman.CODE_METHODS)}; '
-                            f'got {self.code_method!r}')
-    self.decay = m.get('decay', 'official' if self.mode == 'siman' else 'all')
-    if self.decay not in DECAYS:
-      raise train.UserError(f'method.decay must be one of {list(DECAYS)}; got {self.decay!r}')
+    self.code_method = self.choice('code_method', 'median', siman.CODE_METHODS)
+    self.decay = self.choice('decay', 'official' if self.mode == 'siman' else 'all', DECAYS)
     self.percent_max = float(m.get('percent_max', siman.PERCENT_MAX))
     if not 0.0 <= self.percent_max <= 50.0:
       raise train.UserError(f'method.percent_max must lie in [0, 50]; got {self.percent_max}')

@@ -115,3 +115,14 @@ def test_load_variables_roundtrip(tmp_path, monkeypatch):
   assert v['params']['conv1']['kernel'].shape == (3, 3, 3, 4)
   with pytest.raises(train.UserError, match='no checkpoint found'):
     train.load_variables(str(tmp_path / 'nothing'))
+
+
+def test_method_choice_default_value_and_error():
+  """Method.choice: the default when unset, the configured value, a UserError naming all three."""
+  import ml_collections
+  cfg = ml_collections.ConfigDict({'method': {'mode': 'b'}})
+  m = train.Method(cfg)
+  assert m.choice('mode', 'a', ('a', 'b')) == 'b'
+  assert m.choice('other', 'a', ('a', 'b')) == 'a'
+  with pytest.raises(train.UserError, match=r"method.mode must be one of \['a', 'c'\]; got 'b'"):
+    m.choice('mode', 'a', ('a', 'c'))

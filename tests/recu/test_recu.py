@@ -359,3 +359,14 @@ def test_kd_forward_and_loss_use_the_frozen_teacher():
   ls = s - s.max(-1, keepdims=True)
   ls -= np.log(np.exp(ls).sum(-1, keepdims=True))
   assert float(loss) == pytest.approx(np.mean(-(pt * ls).sum(-1)), rel=1e-4)
+
+
+def test_bad_method_options_are_refused_by_name():
+  """method.weight_binarizer / decay_rule outside their sets: a UserError naming key and value."""
+  import ml_collections
+  from common import train as engine
+  from recu import train as recu_train
+  for key, bad in (('weight_binarizer', 'xnor'), ('decay_rule', 'some')):
+    cfg = ml_collections.ConfigDict({'method': {key: bad}})
+    with pytest.raises(engine.UserError, match=f"method.{key} must be one of .*got '{bad}'"):
+      recu_train.ReCU(cfg)
