@@ -36,7 +36,7 @@ import numpy as np
 from common import masks as common_masks
 from common import transforms
 from onexn import layer_policy, permute, sparse
-from onexn.depthwise import as_pair, depthwise_conv, explicit_padding
+from common.models.layers import as_pair, depthwise_conv, explicit_padding
 
 Path = Tuple[str, ...]
 
@@ -48,9 +48,10 @@ class SparseModel:
   Deployment form (what TVM does to the official ONNX export too): every BatchNorm that follows a
   conv is folded into it (``W' = W * gamma / sqrt(var + eps)``, ``b' = beta - mean * gamma /
   sqrt(var + eps)``; column scaling keeps the 1xN pattern), depthwise convs run as a sum of
-  ``kh*kw`` shifted, per-channel-scaled slices (``onexn.depthwise``: XLA:CPU's grouped
-  convolution is ~40x slower at MobileNet shapes, which would hide every 1x1 saving), other dense
-  convs as one im2col GEMM (:func:`im2col_conv`), and the packed layers through ``onexn.sparse``.
+  ``kh*kw`` shifted, per-channel-scaled slices (``common.models.layers.depthwise_conv``: XLA:CPU's
+  grouped convolution is ~40x slower at MobileNet shapes, which would hide every 1x1 saving), other
+  dense convs as one im2col GEMM (:func:`im2col_conv`), and the packed layers through
+  ``onexn.sparse``.
 
   Attributes:
     model: the linen module whose ``__call__`` is run with its conv / dense / BN modules intercepted.

@@ -39,7 +39,7 @@ from common.models import layers as model_layers
 from onexn import export, layer_policy
 from onexn.configs import digits as digits_config
 from onexn.configs import digits_dense
-from onexn.train import FastDepthwiseMethod, OneByN
+from onexn.train import OneByN
 
 # (label, method fields); the order is the plot legend's.
 METHODS = (
@@ -156,7 +156,7 @@ def pretrain(workdir: str, seed: int, epochs: int) -> Dict[str, Any]:
   c.seed = seed
   c.num_epochs = epochs
   c.progress_bar = False
-  res = train.run(c, workdir, FastDepthwiseMethod(c))
+  res = train.run(c, workdir, train.Method(c))
   return {'variables': train.load_variables(workdir), 'top1': res['top1_best'],
           'metrics_png': os.path.join(workdir, 'metrics.png')}
 

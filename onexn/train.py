@@ -29,7 +29,7 @@ from flax import serialization, traverse_util
 from common import masks as common_masks
 from common import train
 from common import transforms
-from onexn import depthwise, layer_policy
+from onexn import layer_policy
 
 
 def load_pretrained(path: str) -> Dict[str, Any]:
@@ -70,22 +70,7 @@ def save_variables_npz(path: str, variables: Dict[str, Any]) -> None:
   np.savez(path, **{'/'.join(k): np.asarray(v) for k, v in flat.items()})
 
 
-class FastDepthwiseMethod(train.Method):
-  """Dense training (the ``common.train`` default hooks) with depthwise convs as shifted slices.
-
-  ``config.method.fast_depthwise`` (default True) routes the zoo's depthwise convs through
-  ``onexn.depthwise`` inside the forward: the same convolution, 20-100x faster on XLA:CPU. Used to
-  pretrain the quick experiment's MobileNet-V2 (``onexn/configs/digits_dense.py``).
-  """
-
-  name = 'dense'
-
-  def forward(self, model, params, batch_stats, extra, images, train: bool, rng):
-    with depthwise.fast_depthwise(bool(self.config.method.get('fast_depthwise', True))):
-      return super().forward(model, params, batch_stats, extra, images, train, rng)
-
-
-class OneByN(FastDepthwiseMethod):
+class OneByN(train.Method):
   """``common.train`` hooks of 1xN fine-tuning (masks fixed, computed once; spec §2.2)."""
 
   name = '1xn'
@@ -186,7 +171,7 @@ class OneByN(FastDepthwiseMethod):
 def method_for(config) -> train.Method:
   """``method.pattern == 'dense'``: dense (pre)training; otherwise 1xN / baseline fine-tuning."""
   if config.method.get('pattern', 'block') == 'dense':
-    return FastDepthwiseMethod(config)
+    return train.Method(config)
   return OneByN(config)
 
 

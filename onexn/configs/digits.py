@@ -26,6 +26,5 @@ def get_config(arg: str = ''):
   c.optimizer.weight_decay = 4e-5
   c.schedule.name = 'cosine'
   c.method = model_cfg.method
-  c.method.fast_depthwise = True
   c.method.latency_batch = 1
   return c

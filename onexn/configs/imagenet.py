@@ -69,7 +69,6 @@ def method_config(*, pattern='block', n=4, p=0.5, rearrange=False, straddle_bloc
   m.prune_classifier = bool(prune_classifier)
   m.random_with_replacement = True    # BlockRandomConv samples indices with replacement
   m.freeze_masked_biases = True       # get_mask sets bias.requires_grad = False
-  m.fast_depthwise = True             # depthwise convs as shifted slices (same math, fast XLA:CPU)
   m.export = True                     # export the sparse model and measure its CPU latency
   m.latency_batch = 1
   m.latency_repeats = 20

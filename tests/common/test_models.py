@@ -568,3 +568,36 @@ def test_imagenet_resnet_forward_matches_numpy(bottleneck):
   ref = h.mean((1, 2)) @ P['fc']['kernel'] + P['fc']['bias']
   np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
   assert 'downsample_conv' in P['layer1_0'] and 'downsample_conv' not in P['layer2_1']
+
+
+@pytest.mark.parametrize('stride,padding', [(1, ((1, 1), (1, 1))), (2, ((1, 1), (1, 1))),
+                                            (2, 'SAME'), (1, 'VALID')])
+def test_depthwise_conv_matches_lax_grouped_conv(stride, padding):
+  """The zoo's depthwise convs are shifted slices; lax's grouped conv is the reference."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 6))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 6))
+  want = jax.lax.conv_general_dilated(x, k, (stride, stride), padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      feature_group_count=6, precision=jax.lax.Precision.HIGHEST)
+  got = L.depthwise_conv(x, k, stride, padding)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_depthwise_module_is_an_nn_conv_with_the_same_params_values_and_gradients():
+  """L.conv(groups=C) is a DepthwiseConv: same init (values, not just shapes), output and
+  gradients as the nn.Conv with feature_group_count=C it replaces."""
+  import flax.linen as nn
+  dw = L.conv(8, 3, in_ch=8, stride=2, groups=8, bias=True, init='pytorch', name='dw')
+  assert isinstance(dw, L.DepthwiseConv) and isinstance(dw, nn.Conv)
+  ref = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=8,
+                use_bias=True, kernel_init=L.kernel_init('pytorch'),
+                bias_init=L.bias_init('pytorch', 9), name='dw')
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 7, 7, 8))
+  v_dw = dw.init(jax.random.PRNGKey(3), x)
+  v_ref = ref.init(jax.random.PRNGKey(3), x)
+  jax.tree.map(np.testing.assert_array_equal, v_dw, v_ref)
+  np.testing.assert_allclose(dw.apply(v_dw, x), ref.apply(v_ref, x), atol=1e-5, rtol=1e-5)
+  g_dw = jax.grad(lambda v, x: jnp.sum(dw.apply(v, x) ** 2), argnums=(0, 1))(v_dw, x)
+  g_ref = jax.grad(lambda v, x: jnp.sum(ref.apply(v, x) ** 2), argnums=(0, 1))(v_ref, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), g_dw, g_ref)
+  assert not isinstance(L.conv(8, 3, in_ch=8, groups=2, name='g'), L.DepthwiseConv)

@@ -14,7 +14,7 @@ import onexn
 import xla_ext
 from common import masks as common_masks
 from common import models
-from onexn import depthwise, export, layer_policy
+from onexn import export, layer_policy
 
 R50_TINY = {'stem': 8, 'stages': [16, 16, 32, 32], 'conv1': [[8] * 3, [8] * 4, [8] * 6, [8] * 3],
             'conv2': [[8] * 3, [8] * 4, [8] * 6, [8] * 3]}
@@ -121,26 +121,6 @@ def test_unstructured_masks_stay_dense(net):
                                for r in sm.dense.values())
   y_ref = ref({'params': common_masks.apply_masks(params, masks), 'batch_stats': stats}, x)
   np.testing.assert_allclose(sm(x), y_ref, atol=1e-4, rtol=1e-4)
-
-
-def test_depthwise_conv_matches_lax():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 6))
-  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 6))
-  for stride in (1, 2):
-    want = jax.lax.conv_general_dilated(x, k, (stride, stride), ((1, 1), (1, 1)),
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                        feature_group_count=6)
-    got = depthwise.depthwise_conv(x, k, (stride, stride), ((1, 1), (1, 1)))
-    np.testing.assert_allclose(got, want, atol=1e-5)
-
-
-def test_fast_depthwise_context_equals_zoo_forward(net):
-  name, model, specs, params, calibrated, x, ref, method = net
-  stats = calibrated({})
-  v = {'params': params, 'batch_stats': stats}
-  with depthwise.fast_depthwise():
-    fast = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
-  np.testing.assert_allclose(fast, ref(v, x), atol=1e-4, rtol=1e-4)
 
 
 def test_end_to_end_latency_rows():
