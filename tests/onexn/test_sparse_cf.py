@@ -13,24 +13,11 @@ from hypothesis import given, settings, strategies as st
 
 import xla_ext
 from onexn import sparse as S
+from tests.onexn.test_sparse import block_mask  # one random 1xN mask builder for both files
 
 BACKENDS = ['xla'] + (['ffi'] if xla_ext.available() else [])
 needs_ffi = pytest.mark.skipif(not xla_ext.available(), reason='xla_ext kernel unavailable')
 ACTS = ('none', 'relu', 'relu6')
-
-
-def block_mask(rng, kh, kw, c_in, c_out, n, keep_prob, perm=None):
-  """A random 1xN mask (True = kept) valid in channel order ``perm``: block (0, 0) always pruned,
-  block (0, 1) always kept; with ``perm`` the mask is built for ``kernel[..., perm]`` and scattered
-  back to the original channel order."""
-  keep = rng.random((c_in, c_out // n)) < keep_prob
-  keep[0, 0] = False
-  if keep.shape[1] > 1:
-    keep[0, 1] = True
-  m = np.broadcast_to(np.repeat(keep, n, axis=1)[None, None], (kh, kw, c_in, c_out))
-  if perm is not None:
-    m = m[..., np.argsort(perm)]
-  return np.ascontiguousarray(m)
 
 
 def np_act(z, activation):

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import xla_ext
+from tests.xla_ext.test_bsmm import random_bsr  # one BSR reference builder for both files
 
 pytestmark = pytest.mark.skipif(not xla_ext.available(),
                                 reason=f'xla_ext kernel unavailable: {xla_ext.load_error()}')
@@ -23,24 +24,6 @@ ACTS = ('none', 'relu', 'relu6')
 # uneven tiles (e.g. 193..208 = 13 vectors of 16) and 14x14 = 196; hypothesis adds any P <= 200.
 PIXELS = [1, 2, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33, 40, 47, 48, 49, 55, 56, 57, 63, 64,
           65, 80, 95, 96, 97, 105, 112, 113, 144, 160, 191, 192, 193, 196, 208]
-
-
-def random_bsr(rng, k, groups, n, keep_prob, empty_groups=(), full_groups=()):
-  """Block keep flags [K, G] -> (row_ptr, col_idx, values, masked dense W [K, G*N], keep)."""
-  keep = rng.random((k, groups)) < keep_prob
-  keep[:, list(empty_groups)] = False
-  keep[:, list(full_groups)] = True
-  w = rng.standard_normal((k, groups * n)).astype(np.float32)
-  dense = w * np.repeat(keep, n, axis=1)
-  row_ptr, col_idx, values = [0], [], []
-  for g in range(groups):
-    for c in range(k):
-      if keep[c, g]:
-        col_idx.append(c)
-        values.append(w[c, g * n:(g + 1) * n])
-    row_ptr.append(len(col_idx))
-  values = np.asarray(values, np.float32).reshape(-1, n)
-  return (np.asarray(row_ptr, np.int32), np.asarray(col_idx, np.int32), values, dense, keep)
 
 
 def np_act(z, activation):
@@ -81,7 +64,7 @@ def test_kernel_matches_numpy_reference(b, k, groups, n, p, keep_prob, with_bias
                                         activation, threads, seed):
   rng = np.random.default_rng(seed)
   # Group 0 all pruned (an empty group), group 1 all kept (when there is one), the rest random.
-  rp, ci, vals, dense, _ = random_bsr(rng, k, groups, n, keep_prob, empty_groups=[0],
+  rp, ci, vals, dense = random_bsr(rng, k, groups, n, keep_prob, empty_groups=[0],
                                       full_groups=[1] if groups > 1 else [])
   m = groups * n
   # Scaled so that ReLU6 clips at both ends in most examples.
@@ -112,7 +95,7 @@ def test_kernel_matches_numpy_reference(b, k, groups, n, p, keep_prob, with_bias
 def test_channels_first_is_bit_identical_to_nhwc_kernel(b, k, groups, n, p, keep_prob, seed):
   """Same packed weights, same ISA: the two layouts run the same FMAs in the same order."""
   rng = np.random.default_rng(seed)
-  rp, ci, vals, dense, _ = random_bsr(rng, k, groups, n, keep_prob, empty_groups=[0])
+  rp, ci, vals, dense = random_bsr(rng, k, groups, n, keep_prob, empty_groups=[0])
   x = rng.standard_normal((b, k, p)).astype(np.float32)
   x_rows = np.ascontiguousarray(x.transpose(0, 2, 1))  # [B, P, K]: NHWC with H*W flattened
   for isa in ISAS:
@@ -188,7 +171,7 @@ def test_nan_and_inf_propagate_like_jnp(isa):
 def test_thread_count_never_changes_a_bit(isa):
   """Many tiles (and, for one image, split output groups): fixed summation order per output."""
   rng = np.random.default_rng(21)
-  rp, ci, vals, dense, _ = random_bsr(rng, 64, 12, 8, 0.5)
+  rp, ci, vals, dense = random_bsr(rng, 64, 12, 8, 0.5)
   for b, p in ((3, 196), (1, 49)):
     x = rng.standard_normal((b, 64, p)).astype(np.float32)
     bias = rng.standard_normal(96).astype(np.float32)
@@ -205,14 +188,14 @@ def test_thread_count_never_changes_a_bit(isa):
 
 def test_empty_shapes():
   rng = np.random.default_rng(22)
-  rp, ci, vals, _, _ = random_bsr(rng, 5, 2, 4, 0.0)
+  rp, ci, vals, _ = random_bsr(rng, 5, 2, 4, 0.0)
   assert ci.size == 0
   bias = np.arange(8, dtype=np.float32) - 3
   y = xla_ext.block_sparse_matmul_cf(rng.standard_normal((2, 5, 9)).astype(np.float32), rp, ci,
                                      vals, bias, activation='relu')
   np.testing.assert_array_equal(np.asarray(y), np.broadcast_to(np.maximum(bias, 0)[None, :, None],
                                                                (2, 8, 9)))
-  rp, ci, vals, _, _ = random_bsr(rng, 5, 2, 4, 1.0)
+  rp, ci, vals, _ = random_bsr(rng, 5, 2, 4, 1.0)
   assert xla_ext.block_sparse_matmul_cf(np.zeros((2, 5, 0), np.float32), rp, ci,
                                         vals).shape == (2, 8, 0)
   assert xla_ext.block_sparse_matmul_cf(np.zeros((0, 5, 3), np.float32), rp, ci,
@@ -221,7 +204,7 @@ def test_empty_shapes():
 
 def test_python_side_errors_name_the_bad_value():
   rng = np.random.default_rng(23)
-  rp, ci, vals, _, _ = random_bsr(rng, 3, 2, 4, 1.0)
+  rp, ci, vals, _ = random_bsr(rng, 3, 2, 4, 1.0)
   x = np.ones((2, 3, 5), np.float32)
   f = xla_ext.block_sparse_matmul_cf
   with pytest.raises(ValueError, match=r'\[B, K, P\].*\(3, 5\)'):
