@@ -180,6 +180,26 @@ def _stages(name: str, widths, blocks, n: int):
   return w, b
 
 
+def _run_stages(x, train: bool, widths, blocks, block):
+  """The official ``_make_layer`` loop: stage s has ``blocks[s]`` blocks of ``widths[s]``
+  channels, stride 2 at the first block of every stage after the first; ``block(planes, stride,
+  name)`` builds one (names ``layer{s+1}_{b}``, the params-tree keys)."""
+  for s, (planes, n) in enumerate(zip(widths, blocks)):
+    for b in range(n):
+      x = block(planes, 2 if (s > 0 and b == 0) else 1, f'layer{s + 1}_{b}')(x, train)
+  return x
+
+
+def _pooled_head(module: nn.Module, x, train: bool, num_classes: int, fc_name: str,
+                 bn_name: Optional[str]):
+  """Global average pool (features sown), optional BatchNorm1d, the classifier."""
+  feats = L.global_avg_pool(x)
+  module.sow('intermediates', 'features', feats)
+  if bn_name is not None:
+    feats = bn(train, bn_name)(feats)
+  return L.dense(num_classes, in_ch=feats.shape[-1], init='pytorch', name=fc_name)(feats)
+
+
 class ResNet20(nn.Module):
   """ReCU CIFAR ResNet-20: ``[B, 32, 32, 3] -> [B, num_classes]``; stem width = widths[0]."""
   num_classes: int
@@ -195,14 +215,9 @@ class ResNet20(nn.Module):
     x = nn.Conv(w[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_KN_FAN_IN,
                 name='conv1')(x)
     x = hardtanh(bn(train, 'bn1')(x))
-    for s, (planes, n) in enumerate(zip(w, nb)):
-      for b in range(n):
-        x = BiRealBlock(planes, 2 if (s > 0 and b == 0) else 1, 'avgpool_pad', self.binary,
-                        self.act, _KN_FAN_IN, name=f'layer{s + 1}_{b}')(x, train)
-    feats = L.global_avg_pool(x)
-    self.sow('intermediates', 'features', feats)
-    feats = bn(train, 'bn2')(feats)                       # BatchNorm1d
-    return L.dense(self.num_classes, in_ch=feats.shape[-1], init='pytorch', name='linear')(feats)
+    x = _run_stages(x, train, w, nb, lambda planes, stride, name: BiRealBlock(
+        planes, stride, 'avgpool_pad', self.binary, self.act, _KN_FAN_IN, name=name))
+    return _pooled_head(self, x, train, self.num_classes, 'linear', 'bn2')  # + BatchNorm1d
 
 
 class ResNet18Cifar(nn.Module):
@@ -220,14 +235,10 @@ class ResNet18Cifar(nn.Module):
     x = nn.Conv(w[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_KN_FAN_IN,
                 name='conv1')(x)
     x = bn(train, 'bn1')(x)                               # no activation after the stem
-    for s, (planes, n) in enumerate(zip(w, nb)):
-      for b in range(n):
-        x = StandardBlock(planes, 2 if (s > 0 and b == 0) else 1, self.binary, self.act,
-                          _KN_FAN_IN, name=f'layer{s + 1}_{b}')(x, train)
-    feats = L.global_avg_pool(x)                          # avg_pool2d(4) on the 4x4 map
-    self.sow('intermediates', 'features', feats)
-    feats = bn(train, 'bn2')(feats)
-    return L.dense(self.num_classes, in_ch=feats.shape[-1], init='pytorch', name='linear')(feats)
+    x = _run_stages(x, train, w, nb, lambda planes, stride, name: StandardBlock(
+        planes, stride, self.binary, self.act, _KN_FAN_IN, name=name))
+    # avg_pool2d(4) on the 4x4 map, BatchNorm1d
+    return _pooled_head(self, x, train, self.num_classes, 'linear', 'bn2')
 
 
 class VGGSmall(nn.Module):
@@ -273,14 +284,10 @@ class ResNetImageNet(nn.Module):
                 kernel_init=_KN_FAN_IN, name='conv1')(x)
     x = hardtanh(bn(train, 'bn1', 1e-8)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for s, (planes, n) in enumerate(zip(w, nb)):
-      for b in range(n):
-        x = BiRealBlock(planes, 2 if (s > 0 and b == 0) else 1, 'fp_conv', self.binary, self.act,
-                        _KN_FAN_IN, bn_gamma=1e-8, name=f'layer{s + 1}_{b}')(x, train)
-    feats = L.global_avg_pool(x)                          # AvgPool2d(7) on the 7x7 map
-    self.sow('intermediates', 'features', feats)
-    feats = bn(train, 'bn2')(feats)                       # BatchNorm1d keeps gamma = 1
-    return L.dense(self.num_classes, in_ch=feats.shape[-1], init='pytorch', name='fc')(feats)
+    x = _run_stages(x, train, w, nb, lambda planes, stride, name: BiRealBlock(
+        planes, stride, 'fp_conv', self.binary, self.act, _KN_FAN_IN, bn_gamma=1e-8, name=name))
+    # AvgPool2d(7) on the 7x7 map; the BatchNorm1d keeps gamma = 1
+    return _pooled_head(self, x, train, self.num_classes, 'fc', 'bn2')
 
 
 class LearnableBias(nn.Module):
@@ -344,13 +351,9 @@ class ResNetTwoStage(nn.Module):
     x = L.conv(w[0], 7, in_ch=x.shape[-1], stride=2, init='pytorch', name='conv')(x)
     x = bn(train, 'bn')(x)                                # no activation
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for s, (planes, n) in enumerate(zip(w, nb)):
-      for b in range(n):
-        x = TwoStageBlock(planes, 2 if (s > 0 and b == 0) else 1, self.binary, self.act,
-                          name=f'layer{s + 1}_{b}')(x, train)
-    feats = L.global_avg_pool(x)
-    self.sow('intermediates', 'features', feats)
-    return L.dense(self.num_classes, in_ch=feats.shape[-1], init='pytorch', name='fc')(feats)
+    x = _run_stages(x, train, w, nb, lambda planes, stride, name: TwoStageBlock(
+        planes, stride, self.binary, self.act, name=name))
+    return _pooled_head(self, x, train, self.num_classes, 'fc', None)
 
 
 def _builder(cls, default_blocks: Optional[Sequence[int]]):
