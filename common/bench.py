@@ -40,7 +40,7 @@ def measure(model_name: str, batch: int, steps: int) -> dict:
   config = base.get_config()
   config.model.name = model_name
   method = train.Method(config)
-  method.num_classes = 10
+  method.setup(train.RunInfo(num_classes=10, image_shape=(32, 32, 3)))
   model = method.build_model()
   x = jnp.asarray(np.random.RandomState(0).randn(batch, 32, 32, 3), jnp.float32)
   y = jnp.asarray(np.random.RandomState(1).randint(0, 10, batch), jnp.int32)

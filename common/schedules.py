@@ -14,6 +14,11 @@ Config fields (``config.schedule``):
     per_step  (DCFF, 1xN):  for e < W, lr *= (1 + step) / (W * iters), step = global iteration.
     per_epoch (ReCU, SiMaN): for e < W, lr = lr0 * (e + 1) / W.
   warmup_epochs: W.
+  t_max, eta_min: 'cosine_periodic' only (per *iteration*, not per epoch): PyTorch's
+    ``CosineAnnealingLR(T_max, eta_min)`` stepped once per iteration,
+    ``lr(t) = eta_min + (lr0 - eta_min) (1 + cos(pi t / T_max)) / 2`` for every t, also past
+    T_max, where it keeps following the cosine with period 2 T_max (it does not restart). FDDA's
+    student (zysxmu/FDDA ``main_DBNS_CBNS.py``: T_max 20,000 iterations over 70,000 steps).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ('constant', 'multistep', 'cosine', 'imagenet_step')
+SCHEDULES = ('constant', 'multistep', 'cosine', 'imagenet_step', 'cosine_periodic')
 WARMUPS = ('none', 'per_step', 'per_epoch')
 
 
@@ -70,6 +75,10 @@ def make_schedule(sched_cfg, lr0: float, num_epochs: int, steps_per_epoch: int) 
   gamma = float(sched_cfg.get('gamma', 0.1))
   shift = int(sched_cfg.get('cosine_shift', 0))
 
+  if name == 'cosine_periodic':
+    return periodic_cosine(lr0, int(sched_cfg.get('t_max', 0)),
+                           float(sched_cfg.get('eta_min', 0.0)))
+
   def schedule(step):
     step = jnp.asarray(step)
     epoch = step // steps_per_epoch
@@ -80,6 +89,27 @@ def make_schedule(sched_cfg, lr0: float, num_epochs: int, steps_per_epoch: int) 
     elif warmup == 'per_epoch' and w > 0:
       lr = jnp.where(epoch < w, lr0 * (epoch + 1.0) / w, lr)
     return jnp.asarray(lr, jnp.float32)
+
+  return schedule
+
+
+def periodic_cosine(lr0: float, t_max: int, eta_min: float = 0.0) -> Callable:
+  """``step -> lr`` of PyTorch's ``CosineAnnealingLR`` stepped per iteration, past ``t_max`` too.
+
+  ``lr(t) = eta_min + (lr0 - eta_min) * (1 + cos(pi * t / t_max)) / 2``: the closed form of
+  ``torch.optim.lr_scheduler.CosineAnnealingLR``; its recursive update follows the same curve when
+  ``t`` exceeds ``t_max`` (back up to ``lr0`` at ``2 t_max``), it never restarts.
+
+  Raises:
+    ValueError: ``t_max`` not positive.
+  """
+  if t_max <= 0:
+    raise ValueError(f'schedule.t_max must be a positive number of iterations; got {t_max}')
+
+  def schedule(step):
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.asarray(eta_min + (lr0 - eta_min) * 0.5 * (1 + jnp.cos(jnp.pi * t / t_max)),
+                       jnp.float32)
 
   return schedule
 

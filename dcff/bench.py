@@ -73,12 +73,12 @@ def bench(model_name: str = 'resnet56', cprate: str = '', batch_size: int = 64, 
   dcfg.method.cprate = cprate
   dcfg.dataset.batch_size = batch_size
   dcff = DCFF(dcfg)
-  dcff.num_classes, dcff._image_shape = num_classes, (hw, hw, 3)
+  dcff.setup(train.RunInfo(num_classes=num_classes, image_shape=(hw, hw, 3)))
   dmodel = dcff.build_model()
   pcfg = dcfg.copy_and_resolve_references()
   pcfg.model.widths = dcff.plan().widths
   plain = train.Method(pcfg)
-  plain.num_classes = num_classes
+  plain.setup(train.RunInfo(num_classes=num_classes, image_shape=(hw, hw, 3)))
   pmodel = plain.build_model()
 
   d_state, d_step = _state(dcff, dmodel, dcfg, spe, hw)

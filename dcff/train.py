@@ -56,8 +56,10 @@ class DCFF(train.Method):
                               f'model.widths unset (got {self.config.model.widths!r})')
       m = self._mcfg()
       self.choice('score_mode', 'faithful', fusion.SCORE_MODES)
-      hw = tuple(self._image_shape[:2]) if getattr(self, '_image_shape', None) else (32, 32)
-      nc = self.num_classes if self.num_classes else 10
+      if self.info is None:
+        raise RuntimeError('DCFF.plan() needs setup(info) first (the engine calls it)')
+      hw = tuple(self.image_shape[:2])
+      nc = self.num_classes
       try:
         self._plan = network.make_plan(self.config.model.name, m.cprate, nc, hw,
                                        self.model_kwargs())
@@ -106,7 +108,7 @@ class DCFF(train.Method):
     return compact_flops(self.plan(), self._hw())
 
   def _hw(self):
-    return tuple(self._image_shape[:2]) if getattr(self, '_image_shape', None) else (32, 32)
+    return tuple(self.image_shape[:2])
 
   def results(self, state) -> Dict[str, Any]:
     plan = self.plan()
@@ -125,10 +127,11 @@ class DCFF(train.Method):
       pass
     return out
 
-  def export(self, state, workdir: str) -> None:
-    """Exports the best epoch's compact model, evaluates it alone, updates ``results.json``."""
+  def export(self, state, workdir: str) -> Dict[str, Any]:
+    """Exports the best epoch's compact model and evaluates it alone; returns its path, source
+    epoch and top-1 for ``results.json``."""
     if not self._mcfg().get('export', True):
-      return
+      return {}
     from dcff import evaluate
     plan = self.plan()
     best = load_best_extra(workdir)
@@ -137,19 +140,12 @@ class DCFF(train.Method):
       best = {'params': state.params, 'batch_stats': state.batch_stats, 'extra': state.extra}
     path = evaluate.save_compact(workdir, plan, best['params'], best['batch_stats'],
                                  best['extra'], dataset=self.config.dataset.name,
-                                 image_shape=tuple(self._image_shape), source=src)
-    test_ds = train.load_dataset(self.config, 'test')
+                                 image_shape=self.image_shape, source=src)
     model, variables, _ = evaluate.load_compact(workdir)
-    top1 = evaluate.evaluate_model(model, variables, test_ds,
+    top1 = evaluate.evaluate_model(model, variables, self.info.datasets['test'],
                                    int(self.config.dataset.eval_batch_size))
-    res_path = os.path.join(workdir, 'results.json')
-    with open(res_path) as f:
-      res = json.load(f)
-    res.update({'compact_model': path, 'compact_source_epoch': src, 'compact_top1': top1})
-    with open(res_path + '.tmp', 'w') as f:
-      json.dump(res, f, indent=2, sort_keys=True)
-    os.replace(res_path + '.tmp', res_path)
-    plot_fusion(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'fusion.png'))
+    plot_fusion(train.read_metrics(workdir), os.path.join(workdir, 'fusion.png'))
+    return {'compact_model': path, 'compact_source_epoch': src, 'compact_top1': top1}
 
 
 def compact_flops(plan: network.FusionPlan, input_hw=(32, 32)):
@@ -175,15 +171,12 @@ def load_best_extra(workdir: str):
           'extra': raw['extra']}
 
 
-def plot_fusion(metrics_path: str, out_path: str) -> None:
-  """T(e) (log scale) and the per-epoch selection-change counter from ``metrics.jsonl``."""
+def plot_fusion(rows, out_path: str) -> None:
+  """T(e) (log scale) and the per-epoch selection-change counter from the ``metrics.jsonl``
+  rows (``common.train.read_metrics``)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  rows = []
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
   rows = [r for r in rows if 'temperature' in r]
   if not rows:
     return

@@ -33,9 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import data as common_data
-from common import schedules
+from common import pretrained
 from common import train
-from common.models import layers as model_layers
 from onexn import export, layer_policy
 from onexn.configs import digits as digits_config
 from onexn.configs import digits_dense
@@ -60,82 +59,39 @@ def settings(smoke: bool) -> Dict[str, Any]:
   return {'pretrain_epochs': 10, 'finetune_epochs': 2}
 
 
-class FineTuner:
-  """One compiled train / eval step for every (seed, p, method) fine-tune of the same model."""
+def make_engine(config) -> train.Engine:
+  """One engine (one compiled train / eval step) for every (seed, p, method) fine-tune: the masks
+  are data in ``TrainState.extra``, so changing them recompiles nothing."""
+  return train.Engine(config, OneByN(config))
 
-  def __init__(self, config, num_classes: int, image_shape, steps_per_epoch: int):
-    self.config = config
-    self.method = OneByN(config)
-    self.method.num_classes = num_classes
-    self.method._image_shape = tuple(image_shape)
-    self.model = self.method.build_model()
-    self.steps_per_epoch = steps_per_epoch
-    self.eval_step = jax.jit(train.make_eval_step(self.method, self.model, axis_name=None))
-    self._tx = self._step = None
 
-  def _build(self, params):
-    if self._step is None:
-      schedule = schedules.make_schedule(self.config.schedule,
-                                         float(self.config.optimizer.learning_rate),
-                                         int(self.config.num_epochs), self.steps_per_epoch)
-      self._tx = schedules.make_optimizer(self.config.optimizer, schedule,
-                                          self.method.decay_mask(params),
-                                          self.method.trainable_mask(params))
-      self._step = jax.jit(train.make_train_step(self.method, self.model, self._tx,
-                                                 axis_name=None), donate_argnums=(0,))
+def finetune(engine: train.Engine, state: train.TrainState, train_ds, test_ds):
+  """Trains ``config.num_epochs`` epochs; returns (state, best test top-1 over its epochs)."""
+  best = 0.0
+  for epoch in range(int(engine.config.num_epochs)):
+    state, _ = engine.train_epoch(state, epoch, dataset=train_ds)
+    best = max(best, engine.evaluate(state, test_ds)['test_top1'])
+  return state, best
 
-  def state(self, variables, masks, seed: int) -> train.TrainState:
-    """A fresh fine-tuning state: the pretrained variables, the masks in ``extra``."""
-    self._build(variables['params'])
-    params = jax.tree.map(jnp.array, variables['params'])   # fresh buffers (the step donates)
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            batch_stats=jax.tree.map(jnp.array, variables['batch_stats']),
-                            opt_state=self._tx.init(params),
-                            extra={'masks': jax.tree.map(jnp.array, masks)},
-                            rng=jax.random.PRNGKey(seed))
 
-  def finetune(self, state: train.TrainState, train_ds, test_ds):
-    """Trains ``config.num_epochs`` epochs; returns (state, best test top-1 over epochs)."""
-    best = 0.0
-    for epoch in range(int(self.config.num_epochs)):
-      for batch in train_ds.batches(int(self.config.dataset.batch_size), epoch=epoch, train=True,
-                                    drop_remainder=True):
-        state, _ = self._step(state, batch)
-      best = max(best, self.evaluate(state, test_ds))
-    return state, best
+def recalibrate_bn(engine: train.Engine, state: train.TrainState, train_ds) -> train.TrainState:
+  """BN running statistics re-estimated on the training set, no weight update.
 
-  def recalibrate_bn(self, state: train.TrainState, train_ds) -> train.TrainState:
-    """BN running statistics re-estimated on the training set, no weight update.
+  Exact averages of the per-batch moments (``common.pretrained.recalibrate_batch_stats``), so
+  that "right after pruning" measures the pruned weights rather than the pretrained statistics'
+  mismatch with them.
+  """
+  method, model = engine.method, engine.model
 
-    Exact averages of the per-batch moments (train-mode forward, solved from the momentum-0.9
-    update), so that "right after pruning" measures the pruned weights rather than the
-    pretrained statistics' mismatch with them.
-    """
-    if not hasattr(self, '_moments'):
-      mom = model_layers.BN_MOMENTUM
+  def forward(params, batch_stats, images):
+    _, new_bs, _ = method.forward(model, params, batch_stats, state.extra, {'image': images},
+                                  True, jax.random.wrap_key_data(state.rng))
+    return new_bs
 
-      def moments(state, images):
-        _, new_bs, _ = self.method.forward(self.model, state.params, state.batch_stats,
-                                           state.extra, images, True,
-                                           jax.random.wrap_key_data(state.rng))
-        return jax.tree.map(lambda n, o: (n - mom * o) / (1 - mom), new_bs, state.batch_stats)
-      self._moments = jax.jit(moments)
-    total, count = None, 0
-    for batch in train_ds.batches(int(self.config.dataset.batch_size), epoch=0, train=False,
-                                  drop_remainder=True):
-      m = self._moments(state, batch['image'])
-      total = m if total is None else jax.tree.map(jnp.add, total, m)
-      count += 1
-    return state.replace(batch_stats=jax.tree.map(lambda t: t / count, total))
-
-  def evaluate(self, state: train.TrainState, test_ds) -> float:
-    correct = count = 0.0
-    for batch in test_ds.batches(int(self.config.dataset.eval_batch_size), epoch=0, train=False,
-                                 drop_remainder=False):
-      out = self.eval_step(state, train.pad_batch(batch, int(self.config.dataset.eval_batch_size)))
-      correct += float(out['correct'])
-      count += float(out['count'])
-    return correct / count
+  images = (b['image'] for b in train_ds.batches(engine.batch_size, epoch=0, train=False,
+                                                   drop_remainder=True))
+  bs = pretrained.recalibrate_batch_stats(forward, state.params, state.batch_stats, images)
+  return state.replace(batch_stats=bs)
 
 
 def _method_config(seed: int, p: float, fields: Dict[str, Any], epochs: int):
@@ -200,7 +156,7 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   s = settings(smoke)
-  records, dense, export_info, tuner = [], {}, {}, None
+  records, dense, export_info, engine = [], {}, {}, None
   methods = METHODS if not smoke else tuple(m for m in METHODS if m[0] in SMOKE_METHODS)
   sparsities = SPARSITIES if not smoke else (0.75,)
   for seed in seeds:
@@ -210,26 +166,25 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
     variables = pre['variables']
     train_ds = common_data.load('digits', 'train', seed=seed)
     test_ds = common_data.load('digits', 'test', seed=seed)
-    if tuner is None:
+    if engine is None:
       base = _method_config(seed, SPARSITIES[0], dict(METHODS[0][1]), s['finetune_epochs'])
-      tuner = FineTuner(base, test_ds.num_classes, test_ds.image_shape,
-                        train_ds.steps_per_epoch(int(base.dataset.batch_size)))
-      specs = tuner.method._specs()
+      engine = make_engine(base)
+      specs = engine.method._specs()
     for p in sparsities:
       for label, fields in methods:
         c = _method_config(seed, p, dict(fields), s['finetune_epochs'])
         masks = layer_policy.model_masks(variables['params'], c, specs=specs)
         kept = sum(int(np.count_nonzero(np.asarray(m))) for m in jax.tree.leaves(masks))
         total = sum(int(np.size(m)) for m in jax.tree.leaves(masks))
-        state = tuner.state(variables, masks, seed)
-        raw = tuner.evaluate(state, test_ds)
-        before = tuner.evaluate(tuner.recalibrate_bn(state, train_ds), test_ds)
-        state, after = tuner.finetune(state, train_ds, test_ds)
+        state = engine.create_state(variables, extra={'masks': masks}, seed=seed)
+        raw = engine.evaluate(state, test_ds)['test_top1']
+        before = engine.evaluate(recalibrate_bn(engine, state, train_ds), test_ds)['test_top1']
+        state, after = finetune(engine, state, train_ds, test_ds)
         records.append({'method': label, 'seed': seed, 'p': p, 'top1': after,
                         'top1_pruned': before, 'top1_pruned_pretrained_bn': raw,
                         'sparsity_masked_layers': 1.0 - kept / total})
         if label == '1x4+R' and p == sparsities[-1] and seed == seeds[0]:
-          export_info = _check_export(tuner, c, state, test_ds)
+          export_info = _check_export(engine, c, state, test_ds)
   plots = [os.path.join(workdir, 'onexn_accuracy_vs_p.png')]
   plot(records, dense, plots[0])
 
@@ -269,20 +224,20 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
   return out
 
 
-def _check_export(tuner: FineTuner, config, state, test_ds) -> Dict[str, Any]:
+def _check_export(engine: train.Engine, config, state, test_ds) -> Dict[str, Any]:
   """Exports the fine-tuned model, compares logits on the test set, times batch 1 (toy size)."""
   n = int(config.method.block_size_n)
-  kw = dict(n=n, num_classes=tuner.method.num_classes, specs=tuner.method._specs(),
-            model=tuner.model)
+  method, model = engine.method, engine.model
+  kw = dict(n=n, num_classes=method.num_classes, specs=method._specs(), model=model)
   args = (state.params, state.batch_stats, state.extra['masks'], config.model)
   sm = export.export_sparse(*args, **kw)
   dm = export.export_sparse(*args, use_sparse_kernel=False, **kw)
   batch = next(test_ds.batches(int(config.dataset.eval_batch_size), epoch=0, train=False,
                                drop_remainder=False))
   x = jnp.asarray(batch['image'])
-  masked = {'params': tuner.method.effective_params(state.params, state.extra),
+  masked = {'params': method.effective_params(state.params, state.extra),
             'batch_stats': state.batch_stats}
-  ref = jax.jit(lambda v, x: tuner.model.apply(v, x, train=False))(masked, x)
+  ref = jax.jit(lambda v, x: model.apply(v, x, train=False))(masked, x)
   y = sm(x)
   x1 = x[:1]
   return {'max_abs_diff': float(jnp.max(jnp.abs(y - ref))),

@@ -77,7 +77,7 @@ class OneByN(train.Method):
 
   def _specs(self):
     if getattr(self, '_layer_specs', None) is None:
-      hw = tuple(self._image_shape[:2]) if getattr(self, '_image_shape', None) else (32, 32)
+      hw = tuple(self.image_shape[:2])
       from common import models
       self._layer_specs = models.layer_specs(
           self.config.model.name, widths=self.config.model.widths, input_hw=hw,
@@ -135,10 +135,14 @@ class OneByN(train.Method):
            'pattern': self.config.method.pattern,
            'block_size_n': int(self.config.method.block_size_n),
            'rearrange': bool(self.config.method.rearrange)}
+    return out
+
+  def export(self, state, workdir: str) -> Dict[str, Any]:
+    """Block patterns: the sparse export checked against the masked model, and its latency."""
     if self.config.method.get('export', True) and self.config.method.pattern in (
         'block', 'random_block'):
-      out.update(self._export_and_time(state))
-    return out
+      return self._export_and_time(state)
+    return {}
 
   def _export_and_time(self, state) -> Dict[str, Any]:
     """Sparse export, its deviation from the masked dense model, and CPU latencies (batch
@@ -152,7 +156,7 @@ class OneByN(train.Method):
     sm = export.export_sparse(*args, **kw)
     dm = export.export_sparse(*args, use_sparse_kernel=False, **kw)
     x = jax.random.normal(jax.random.PRNGKey(0),
-                          (int(m.get('latency_batch', 1)),) + tuple(self._image_shape))
+                          (int(m.get('latency_batch', 1)),) + self.image_shape)
     masked = {'params': self.effective_params(state.params, state.extra),
               'batch_stats': state.batch_stats}
     zoo_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))

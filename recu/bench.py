@@ -34,7 +34,7 @@ def _setup(model: str, widths, binarizer: str, batch: int, hw: int, num_classes:
   c.model.widths = widths
   c.method.weight_binarizer = binarizer
   meth = ReCU(c)
-  meth.num_classes = num_classes
+  meth.setup(train.RunInfo(num_classes=num_classes, image_shape=(hw, hw, 3)))
   net = meth.build_model()
   x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, hw, hw, 3)), jnp.float32)
   y = jnp.asarray(np.arange(batch) % num_classes, jnp.int32)

@@ -181,10 +181,11 @@ class ReCU(train.Method):
   def effective_params(self, params, extra):
     return binarize_params(params, extra['tau'], self.weight_binarizer)
 
-  def forward(self, model, params, batch_stats, extra, images, train_: bool, rng):
-    logits, new_bs, aux = super().forward(model, params, batch_stats, extra, images, train_, rng)
+  def forward(self, model, params, batch_stats, extra, batch, train_: bool, rng):
+    logits, new_bs, aux = super().forward(model, params, batch_stats, extra, batch, train_, rng)
     if train_ and self._teacher is not None:
-      aux = dict(aux, teacher_logits=self._teacher.apply(extra['teacher'], images, train=False))
+      aux = dict(aux, teacher_logits=self._teacher.apply(extra['teacher'], batch['image'],
+                                                         train=False))
     return logits, new_bs, aux
 
   def loss(self, logits, labels, aux, params, extra):

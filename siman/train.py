@@ -107,7 +107,7 @@ class SiMaN(train.Method):
       return transforms.map_kernels(binarize.sign_ste, params, siman.is_binary_kernel(params))
     return params
 
-  def forward(self, model, params, batch_stats, extra, images, train: bool, rng):
+  def forward(self, model, params, batch_stats, extra, batch, train: bool, rng):
     """Training: B from the current (projected) weights, stored as state; eval: the stored B."""
     bn = {k: v for k, v in batch_stats.items() if k != CODES}
     codes = None
@@ -118,11 +118,11 @@ class SiMaN(train.Method):
       eff = self.effective_params(params, extra)
     variables = {'params': eff, 'batch_stats': bn}
     if train:
-      logits, mutated = model.apply(variables, images, train=True, mutable=['batch_stats'],
+      logits, mutated = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'],
                                     rngs={'dropout': rng})
       new_bs = dict(mutated.get('batch_stats', bn))
     else:
-      logits, new_bs = model.apply(variables, images, train=False), dict(bn)
+      logits, new_bs = model.apply(variables, batch['image'], train=False), dict(bn)
     if codes is not None:
       new_bs[CODES] = jax.lax.stop_gradient(codes)
     return logits, new_bs, {}
@@ -182,7 +182,7 @@ class SiMaN(train.Method):
 
   def _op_counts(self):
     model = self.build_model()
-    shape = tuple(getattr(self, '_image_shape', None) or (32, 32, 3))
+    shape = self.image_shape
     return accounting.op_counts(model, shape)
 
   def results(self, state) -> Dict[str, Any]:

@@ -47,7 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.schedule.cosine_shift = 0
   c.schedule.warmup = 'none'
   c.schedule.warmup_epochs = 0
+  c.schedule.t_max = 0                # 'cosine_periodic' only: T_max in iterations
+  c.schedule.eta_min = 0.0            # 'cosine_periodic' only
 
+  # The evaluation metric whose maximum selects best/ (e.g. 'test_top5', or '<variant>/test_top1').
+  c.best_metric = 'test_top1'
   c.checkpoint_every_epochs = 1
   c.keep_checkpoints = 2
   c.progress_bar = True

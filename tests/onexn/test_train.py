@@ -27,8 +27,7 @@ def tiny_config(**method):
 def setup():
   c = tiny_config()
   method = onexn_train.OneByN(c)
-  method.num_classes = 10
-  method._image_shape = (32, 32, 3)
+  method.setup(train.RunInfo(num_classes=10, image_shape=(32, 32, 3)))
   model = method.build_model()
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
   y = jnp.arange(8) % 10
@@ -109,6 +108,6 @@ def test_load_pretrained(tmp_path, setup):
   c = tiny_config()
   c.init_checkpoint = bad
   m = onexn_train.OneByN(c)
-  m.num_classes = 10
+  m.setup(train.RunInfo(num_classes=10, image_shape=(32, 32, 3)))
   with pytest.raises(train.UserError, match='fc/kernel'):
     m.init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))

@@ -9,6 +9,7 @@ import pytest
 
 from common import binarize
 from common import models
+from common import train
 from recu import recu
 from recu import train as recu_train
 
@@ -335,7 +336,7 @@ def test_kd_forward_and_loss_use_the_frozen_teacher():
   c = digits.get_config()
   c.model.widths = [4, 8, 16]
   meth = recu_train.ReCU(c)
-  meth.num_classes = 10
+  meth.setup(train.RunInfo(num_classes=10, image_shape=(32, 32, 3)))
   student = meth.build_model()
   teacher = models.get_model('recu_resnet20', 10, widths=[4, 8, 16], binary=False)
   meth._teacher = teacher

@@ -27,8 +27,7 @@ def make(**method):
   for k, v in method.items():
     c.method[k] = v
   m = SiMaN(c)
-  m.num_classes = 10
-  m._image_shape = (32, 32, 3)
+  m.setup(train.RunInfo(num_classes=10, image_shape=(32, 32, 3)))
   return m
 
 
