@@ -86,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   except pretrained.ConversionError as e:
     if 'layout' in e.report:
       print_report(e.report, args.verbose)
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {str(e).replace(" (full lists in .report)", " (all listed above)")}',
+          file=sys.stderr)
     return 2
   except (ValueError, TypeError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)

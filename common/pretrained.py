@@ -240,7 +240,8 @@ def read_torch_file(path: str) -> Any:
     big = byteorder in names and z.read(byteorder).strip() == b'big'
     try:
       return TorchUnpickler(z.read(pkl[0]), lambda k: z.read(f'{prefix}data/{k}'), big).load()
-    except (pickle.UnpicklingError, KeyError, EOFError) as e:
+    except (pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError, AttributeError,
+            IndexError) as e:
       raise ValueError(f'{path!r}: cannot read the checkpoint: {e}') from e
 
 
@@ -541,21 +542,31 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str, *,
   rest = [k for k in state_dict if k not in used]
   dropped = [k for k in rest if k.rsplit('.', 1)[-1] in DROPPED_SUFFIXES]
   unexpected = [k for k in rest if k not in dropped]
+  missing.sort(key=_natural_key)
+  mismatched.sort(key=lambda m: _natural_key(m[0]))
   report = {'layout': layout.name, 'matched': matched, 'missing': missing,
             'mismatched': mismatched, 'unexpected': unexpected, 'dropped': dropped}
   if missing or mismatched:
+    shown = 8
+    more = lambda xs: f' and {len(xs) - shown} more' if len(xs) > shown else ''
     parts = []
     if missing:
-      parts.append(f'missing keys {missing}')
+      parts.append(f'{len(missing)} missing keys {missing[:shown]}{more(missing)}')
     if mismatched:
-      parts.append('mis-shaped keys ' + ', '.join(
+      parts.append(f'{len(mismatched)} mis-shaped keys ' + ', '.join(
           f'{k} (torch {list(s)} -> {list(c)}, model wants {list(w)})'
-          for k, s, c, w in mismatched))
+          for k, s, c, w in mismatched[:shown]) + more(mismatched))
+    hint = (' (do the widths / model options match the checkpoint\'s?)' if mismatched else '')
     raise ConversionError(f'checkpoint does not fit {model_name} ({layout.name} layout): '
-                          + '; '.join(parts), report)
+                          + '; '.join(parts) + hint + ' (full lists in .report)', report)
   variables = traverse_util.unflatten_dict(out)
   variables.setdefault('batch_stats', {})
   return variables, report
+
+
+def _natural_key(key: str):
+  """``'features.2.x' < 'features.11.x'``: digit runs compare as numbers."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', key)]
 
 
 def load_torch_weights(path: str, model_name: str, **kwargs) -> Dict[str, Any]:
