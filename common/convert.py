@@ -35,7 +35,7 @@ def print_report(report: Dict[str, Any], verbose: bool, out=None) -> None:
     for it in items:
       print(f'  {it}', file=out)
 
-  print(f'layout: {report["layout"]}', file=out)
+  print(f'layout: {report["layout"]} ({report["source"]})', file=out)
   if verbose:
     show('matched', report['matched'])
   else:

@@ -33,6 +33,7 @@ itself: ``python -m common.convert`` prints every unmatched key on both sides.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -508,9 +509,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str, *,
       None widths = the default (torchvision) widths.
   Returns:
     ``(variables, report)``: ``variables = {'params', 'batch_stats'}`` of float32 numpy arrays
-    shaped like ``model.init``'s; ``report = {'layout', 'matched': [our path <- torch key],
-    'missing': [torch keys], 'mismatched': [(torch key, torch shape, converted shape, wanted
-    shape)], 'unexpected': [torch keys], 'dropped': [torch keys]}``.
+    shaped like ``model.init``'s; ``report = {'layout', 'source', 'matched': [our path <-
+    torch key], 'missing': [torch keys], 'mismatched': [(torch key, torch shape, converted
+    shape, wanted shape)], 'unexpected': [torch keys], 'dropped': [torch keys]}``.
   Raises:
     ValueError: unknown model or no layout for it.
     ConversionError: missing or mis-shaped keys (listed in the message and ``.report``).
@@ -544,8 +545,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str, *,
   unexpected = [k for k in rest if k not in dropped]
   missing.sort(key=_natural_key)
   mismatched.sort(key=lambda m: _natural_key(m[0]))
-  report = {'layout': layout.name, 'matched': matched, 'missing': missing,
-            'mismatched': mismatched, 'unexpected': unexpected, 'dropped': dropped}
+  report = {'layout': layout.name, 'source': layout.source, 'matched': matched,
+            'missing': missing, 'mismatched': mismatched, 'unexpected': unexpected,
+            'dropped': dropped}
   if missing or mismatched:
     shown = 8
     more = lambda xs: f' and {len(xs) - shown} more' if len(xs) > shown else ''
@@ -637,24 +639,25 @@ def recalibrate_batch_stats_iter(forward_fn: Callable, params: Any, batch_stats:
   """:func:`recalibrate_batch_stats` over an iterable of ``[B, ...]`` batches (a data loader).
 
   One jitted step accumulates each batch's moments on the device (no host sync per batch); the
-  result is the same average. ``forward_fn`` should be a stable object (the step is compiled once
-  per call). Raises ValueError for an empty iterable.
+  result is the same average. The step is compiled once per ``forward_fn`` object (a static jit
+  argument), so pass the same function across calls to reuse it. Raises ValueError for an empty
+  iterable.
   """
   mom = _momentum(momentum)
-
-  @jax.jit
-  def step(total, params, batch_stats, batch):
-    m = batch_moments(forward_fn, params, batch_stats, batch, mom)
-    return jax.tree.map(jnp.add, total, m)
-
   total = jax.tree.map(lambda s: jnp.zeros(jnp.shape(s), jnp.float32), batch_stats)
   count = 0
   for batch in batches:
-    total = step(total, params, batch_stats, batch)
+    total = _accumulate_moments(forward_fn, total, params, batch_stats, batch, mom)
     count += 1
   if not count:
     raise ValueError('recalibrate_batch_stats_iter: no batches given')
   return jax.tree.map(lambda t, s: (t / count).astype(jnp.result_type(s)), total, batch_stats)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _accumulate_moments(forward_fn, total, params, batch_stats, batch, momentum):
+  m = batch_moments(forward_fn, params, batch_stats, batch, momentum)
+  return jax.tree.map(jnp.add, total, m)
 
 
 def _momentum(momentum: Optional[float]) -> float:

@@ -54,7 +54,8 @@ def test_fixtures_read_without_torch():
   code = ("import sys; sys.modules['torch'] = None\n"
           "from common import pretrained\n"
           f"a = pretrained.read_state_dict({os.path.join(FIX, 'resnet18_narrow.pth')!r})\n"
-          f"b = pretrained.read_state_dict({os.path.join(FIX, 'mobilenet_v2_narrow.safetensors')!r})\n"
+          "b = pretrained.read_state_dict("
+          f"{os.path.join(FIX, 'mobilenet_v2_narrow.safetensors')!r})\n"
           "print(len(a), len(b), a['conv1.weight'].shape, b['features.0.0.weight'].shape)\n")
   root = os.path.dirname(os.path.dirname(HERE))
   out = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
