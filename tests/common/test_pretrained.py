@@ -328,3 +328,17 @@ def test_recalibrate_equals_exact_average_of_batch_moments():
     pretrained.recalibrate_batch_stats_iter(forward, v['params'], stale, [])
   with pytest.raises(ValueError, match='momentum'):
     pretrained.recalibrate_batch_stats(forward, v['params'], stale, batches, momentum=1.0)
+
+
+def test_convert_module_entry_point(tmp_path):
+  """``python -m common.convert`` as a user runs it: exit 2, one error line, no traceback."""
+  root = os.path.dirname(os.path.dirname(HERE))
+  bad = tmp_path / 'notes.txt'
+  bad.write_text('not a checkpoint')
+  out = subprocess.run([sys.executable, '-m', 'common.convert', f'--checkpoint={bad}',
+                        '--model=resnet18', f'--out={tmp_path / "x.npz"}'], cwd=root,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  err = out.stderr.strip().splitlines()
+  assert out.returncode == 2 and len(err) == 1 and 'Traceback' not in out.stderr, out.stderr
+  assert err[0].startswith('error: ') and 'unknown format' in err[0], err
