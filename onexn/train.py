@@ -18,56 +18,17 @@ only the exported model is faster.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import serialization, traverse_util
+from flax import traverse_util
 
 from common import masks as common_masks
 from common import train
 from common import transforms
+from common.pretrained import load_pretrained
 from onexn import layer_policy
-
-
-def load_pretrained(path: str) -> Dict[str, Any]:
-  """``{'params', 'batch_stats'}`` from a ``common.train`` workdir or a converted-weights file.
-
-  Files: ``.npz`` with keys ``params/<module path>/<leaf>`` and ``batch_stats/...`` ('/'-joined
-  tree paths), or a flax ``.msgpack`` of ``{'params': ..., 'batch_stats': ...}``.
-
-  Raises:
-    common.train.UserError: empty path, missing file, or a file without a 'params' tree.
-  """
-  if not path:
-    raise train.UserError(
-        '1xN prunes a pretrained model: set --config.init_checkpoint to a finished common.train '
-        'workdir of the dense model or to a converted-weights .npz/.msgpack file')
-  if os.path.isdir(path):
-    return train.load_variables(path)
-  if not os.path.exists(path):
-    raise train.UserError(f'init_checkpoint {path!r} does not exist')
-  if path.endswith('.npz'):
-    with np.load(path) as f:
-      flat = {tuple(k.split('/')): jnp.asarray(f[k]) for k in f.files}
-    tree = traverse_util.unflatten_dict(flat)
-  elif path.endswith('.msgpack'):
-    with open(path, 'rb') as f:
-      tree = serialization.msgpack_restore(f.read())
-  else:
-    raise train.UserError(f'init_checkpoint {path!r}: expected a workdir, .npz or .msgpack')
-  if 'params' not in tree:
-    raise train.UserError(f'{path!r} holds no "params" tree (top-level keys: {sorted(tree)})')
-  return {'params': tree['params'], 'batch_stats': tree.get('batch_stats', {})}
-
-
-def save_variables_npz(path: str, variables: Dict[str, Any]) -> None:
-  """Writes ``{'params', 'batch_stats'}`` in the ``.npz`` layout :func:`load_pretrained` reads."""
-  flat = traverse_util.flatten_dict({k: variables[k] for k in ('params', 'batch_stats')
-                                     if k in variables})
-  np.savez(path, **{'/'.join(k): np.asarray(v) for k, v in flat.items()})
 
 
 class OneByN(train.Method):

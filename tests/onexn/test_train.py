@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from common import pretrained
 from common import schedules
 from common import train
 from onexn import train as onexn_train
@@ -92,19 +93,19 @@ def test_masked_layer_biases_frozen(setup):
 def test_load_pretrained(tmp_path, setup):
   method, model, state, *_ = setup
   path = str(tmp_path / 'converted.npz')
-  onexn_train.save_variables_npz(path, {'params': state.params, 'batch_stats': state.batch_stats})
-  v = onexn_train.load_pretrained(path)
+  pretrained.save_variables_npz(path, {'params': state.params, 'batch_stats': state.batch_stats})
+  v = pretrained.load_pretrained(path)
   for a, b in zip(jax.tree.leaves(v['params']), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(train.UserError, match='pretrained model'):
-    onexn_train.load_pretrained('')
+    pretrained.load_pretrained('')
   with pytest.raises(train.UserError, match='does not exist'):
-    onexn_train.load_pretrained(str(tmp_path / 'missing.npz'))
+    pretrained.load_pretrained(str(tmp_path / 'missing.npz'))
   # a checkpoint of another model is refused before masks are computed
   other = dict(state.params)
   other['fc'] = {'kernel': jnp.zeros((1, 1, 16, 3)), 'bias': jnp.zeros(3)}
   bad = str(tmp_path / 'other.npz')
-  onexn_train.save_variables_npz(bad, {'params': other, 'batch_stats': state.batch_stats})
+  pretrained.save_variables_npz(bad, {'params': other, 'batch_stats': state.batch_stats})
   c = tiny_config()
   c.init_checkpoint = bad
   m = onexn_train.OneByN(c)
