@@ -23,6 +23,7 @@ seed, before and after fine-tuning; the export matches the masked model.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -74,6 +75,20 @@ def finetune(engine: train.Engine, state: train.TrainState, train_ds, test_ds):
   return state, best
 
 
+@functools.lru_cache(maxsize=None)
+def _bn_forward(engine: train.Engine):
+  """A train-mode forward returning the new BN statistics (one object per engine, so the
+  recalibration step compiles once)."""
+
+  def forward(params_extra, batch_stats, images):
+    params, extra = params_extra
+    _, new_bs, _ = engine.method.forward(engine.model, params, batch_stats, extra,
+                                         {'image': images}, True, jax.random.PRNGKey(0))
+    return new_bs
+
+  return forward
+
+
 def recalibrate_bn(engine: train.Engine, state: train.TrainState, train_ds) -> train.TrainState:
   """BN running statistics re-estimated on the training set, no weight update.
 
@@ -81,16 +96,10 @@ def recalibrate_bn(engine: train.Engine, state: train.TrainState, train_ds) -> t
   that "right after pruning" measures the pruned weights rather than the pretrained statistics'
   mismatch with them.
   """
-  method, model = engine.method, engine.model
-
-  def forward(params, batch_stats, images):
-    _, new_bs, _ = method.forward(model, params, batch_stats, state.extra, {'image': images},
-                                  True, jax.random.wrap_key_data(state.rng))
-    return new_bs
-
   images = (b['image'] for b in train_ds.batches(engine.batch_size, epoch=0, train=False,
                                                    drop_remainder=True))
-  bs = pretrained.recalibrate_batch_stats(forward, state.params, state.batch_stats, images)
+  bs = pretrained.recalibrate_batch_stats_iter(_bn_forward(engine), (state.params, state.extra),
+                                               state.batch_stats, images)
   return state.replace(batch_stats=bs)
 
 

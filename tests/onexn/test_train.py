@@ -61,7 +61,7 @@ def test_masks_fixed_and_masked_weights_inert(setup):
   assert not np.allclose(np.asarray(k0)[mk], np.asarray(k1)[mk])
   # masked weights get no loss gradient ...
   def loss(params):
-    logits, _, _ = method.forward(model, params, state.batch_stats, state.extra, x, True,
+    logits, _, _ = method.forward(model, params, state.batch_stats, state.extra, {'image': x}, True,
                                   jax.random.PRNGKey(0))
     return train.cross_entropy(logits, y)
   g = jax.grad(loss)(state.params)
@@ -74,7 +74,7 @@ def test_masks_fixed_and_masked_weights_inert(setup):
   flat_m = dict(jax.tree_util.tree_flatten_with_path(m)[0])
   perturbed = jax.tree_util.tree_map_with_path(
       lambda kp, w: jnp.where(flat_m[kp], w, 123.0) if kp in flat_m else w, state.params)
-  out = lambda p: method.forward(model, p, state.batch_stats, state.extra, x, False,
+  out = lambda p: method.forward(model, p, state.batch_stats, state.extra, {'image': x}, False,
                                  jax.random.PRNGKey(0))[0]
   np.testing.assert_allclose(out(perturbed), out(state.params), atol=1e-6)
 

@@ -347,7 +347,7 @@ def test_kd_forward_and_loss_use_the_frozen_teacher():
 
   @jax.jit
   def run(params):
-    logits, _, aux = meth.forward(student, params, sv['batch_stats'], extra, x, True, jax.random.PRNGKey(2))
+    logits, _, aux = meth.forward(student, params, sv['batch_stats'], extra, {'image': x}, True, jax.random.PRNGKey(2))
     return logits, aux, meth.loss(logits, jnp.zeros(2, jnp.int32), aux, params, extra)[0]
 
   logits, aux, loss = run(sv['params'])

@@ -89,7 +89,7 @@ def forward_and_kernels(m, model, params, batch_stats, train_mode):
         return next_fun(*args, **kwargs)
 
       with nn.intercept_methods(spy):
-        out = m.forward(model, params, batch_stats, {}, X, train_mode, jax.random.PRNGKey(1))
+        out = m.forward(model, params, batch_stats, {}, {'image': X}, train_mode, jax.random.PRNGKey(1))
       return out, seen
     _JITTED[(id(m), train_mode)] = jax.jit(f)
   out, seen = _JITTED[(id(m), train_mode)](params, batch_stats)
