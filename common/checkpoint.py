@@ -2,19 +2,20 @@
 
 Layout of a workdir::
 
-  checkpoints/<epoch>/{state,meta,integrity}   every ``checkpoint_every_epochs`` (last ``keep``)
-  checkpoints/corrupt-<epoch>/                 a checkpoint that failed verification, moved aside
-  best/<epoch>/{state,meta,integrity}          the best test top-1 so far (params, stats, extra)
+  checkpoints/<epoch>/{state,meta}   every ``checkpoint_every_epochs`` (the last ``keep`` kept)
+  checkpoints/corrupt-<epoch>/       a checkpoint that failed verification, moved aside
+  best/<epoch>/{state,meta}          the best test top-1 so far (params, batch stats, extra)
 
 Integrity. ``save`` computes, from the arrays in memory, the shape, dtype and CRC-32 (``zlib.crc32``
 of the C-order bytes) of every leaf and the CRC-32 of the canonical JSON of ``meta``, and writes
-them as the ``integrity`` item of the same orbax step. Orbax writes a step into
-``<step>.orbax-checkpoint-tmp-*`` and renames it to ``<step>`` only after every item is written, so
-a checkpoint becomes visible only together with its checksums; a save killed halfway (kill -9)
-leaves a temporary directory that is never restored. Every restore recomputes the checksums of the
-restored arrays and compares leaf by leaf, so flipped bytes, truncated or deleted files and a
-missing ``integrity`` record (an incomplete or foreign checkpoint) are all detected, whether
-tensorstore fails to decode the damaged chunk or decodes it into wrong numbers.
+them beside ``meta`` in the step's JSON item (``{'meta': ..., 'integrity': ...}``). Orbax writes a
+step into ``<step>.orbax-checkpoint-tmp-*`` and renames it to ``<step>`` only after every item is
+written, so a checkpoint becomes visible only together with its checksums; a save killed halfway
+(kill -9) leaves a temporary directory that is never restored. Every restore recomputes the
+checksums of the restored arrays and compares them leaf by leaf, so flipped bytes, truncated or
+deleted files and a missing checksum record (an incomplete checkpoint, or one written without
+checksums) are all detected, whether tensorstore fails to decode the damaged chunk or decodes it
+into wrong numbers.
 
 Fallback. ``restore`` and ``restore_raw`` try the steps newest first and return the newest that
 verifies, after one ``warning:`` line on stderr per damaged step naming its path and the arrays
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
@@ -162,37 +164,39 @@ class Checkpointer:
       prefix = f'{step}{ocp.utils.TMP_DIR_SUFFIX}'
       for name in os.listdir(self.directory):
         if name.startswith(prefix):
-          _rmtree(os.path.join(self.directory, name))
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
     integrity = {'format': INTEGRITY_FORMAT, 'algorithm': 'crc32', 'arrays': checksums(state),
                  'meta_crc32': _meta_crc(meta)}
+    # One JSON item holds the meta dict and the checksums: a third orbax item would cost more
+    # (its own directory, metadata and commit marker) than computing the checksums.
     self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
-        integrity=ocp.args.JsonSave(integrity)), force=True)
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({'meta': meta, 'integrity': integrity})), force=True)
     self._mngr.wait_until_finished()
 
   def _restore_verified(self, step: int, target) -> Tuple[Any, Dict[str, Any]]:
     """Restores ``step`` and checks it against its integrity record; raises :class:`_Unverified`."""
     state_args = (ocp.args.StandardRestore(_abstract(target)) if target is not None
                   else ocp.args.StandardRestore())
-    if not os.path.isdir(os.path.join(self._path(step), 'integrity')):
-      raise _Unverified('it has no checksum record, so it is incomplete or was written without '
-                        'checksums')
     try:
       out = self._mngr.restore(step, args=ocp.args.Composite(
-          state=state_args, meta=ocp.args.JsonRestore(), integrity=ocp.args.JsonRestore()))
+          state=state_args, meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types (ValueError, FileNotFoundError, tensorstore)
       raise _Unverified(f'{_first_line(e)}; it is damaged or was written by a different '
                         f'model/config') from e
-    record = out.integrity
-    if not isinstance(record, dict) or record.get('format') != INTEGRITY_FORMAT or not isinstance(
-        record.get('arrays'), dict):
+    record = out.meta.get('integrity') if isinstance(out.meta, dict) else None
+    if record is None:
+      raise _Unverified('it has no checksum record, so it is incomplete or was written without '
+                        'checksums')
+    if (not isinstance(record, dict) or record.get('format') != INTEGRITY_FORMAT
+        or not isinstance(record.get('arrays'), dict) or not isinstance(out.meta.get('meta'), dict)):
       raise _Unverified('its checksum record is malformed')
     bad = _mismatches(record['arrays'], out.state)
     if bad:
       named = ', '.join(bad[:_MAX_NAMED]) + (f' and {len(bad) - _MAX_NAMED} more'
                                               if len(bad) > _MAX_NAMED else '')
       raise _Unverified(f'{len(bad)} of {len(record["arrays"])} arrays fail verification: {named}')
-    meta = dict(out.meta)
+    meta = dict(out.meta['meta'])
     if _meta_crc(meta) != record.get('meta_crc32'):
       raise _Unverified('its meta record fails verification')
     return out.state, meta
@@ -265,8 +269,3 @@ class Checkpointer:
 
   def close(self):
     self._mngr.close()
-
-
-def _rmtree(path: str) -> None:
-  import shutil
-  shutil.rmtree(path, ignore_errors=True)

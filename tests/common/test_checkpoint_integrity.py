@@ -83,6 +83,15 @@ def truncate(path):
     f.truncate(os.path.getsize(path) // 2)
 
 
+def edit_meta(step_dir, fn):
+  """Rewrites the step's JSON item (``{'meta', 'integrity'}``) as valid JSON ``fn(record)``."""
+  path = os.path.join(step_dir, 'meta', 'metadata')
+  with open(path) as f:
+    rec = json.load(f)
+  with open(path, 'w') as f:
+    json.dump(fn(rec), f)
+
+
 FILE_DAMAGE = {'flip': flip, 'truncate': truncate, 'delete': os.remove}
 
 DAMAGE = {
@@ -91,9 +100,8 @@ DAMAGE = {
     'delete_data': lambda d: [os.remove(f) for f in data_files(d)],
     'delete_state_metadata': lambda d: os.remove(os.path.join(d, 'state', '_METADATA')),
     'delete_meta': lambda d: shutil.rmtree(os.path.join(d, 'meta')),
-    'delete_checksums': lambda d: shutil.rmtree(os.path.join(d, 'integrity')),
-    'edit_meta': lambda d: open(os.path.join(d, 'meta', 'metadata'), 'w').write(
-        json.dumps({'epoch': 2, 'best_top1': 1.0, 'seconds': 0.0})),
+    'drop_checksums': lambda d: edit_meta(d, lambda rec: rec['meta']),
+    'edit_meta': lambda d: edit_meta(d, lambda rec: dict(rec, meta=dict(rec['meta'], epoch=1))),
 }
 
 
@@ -172,7 +180,7 @@ def test_damage_to_any_single_file_is_detected_or_harmless(runs, kind, tmp_path,
       assert [p for p, _ in leaves] == [p for p, _ in good_leaves], rel
       for (_, a), (_, b) in zip(leaves, good_leaves):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=rel)
-  for must in ('integrity/metadata', 'meta/metadata', 'state/_METADATA', 'state/manifest.ocdbt'):
+  for must in ('meta/metadata', 'state/_METADATA', 'state/manifest.ocdbt'):
     assert must in detected, (must, detected)
   assert any(r.startswith('state/') and '/d/' in '/' + r for r in detected), detected
 
@@ -211,7 +219,7 @@ def test_valid_encoding_with_wrong_numbers_names_the_array(runs, tmp_path, capsy
   ck.close()
 
 
-@pytest.mark.parametrize('damage', ['flip_data', 'truncate_data', 'delete_checksums'])
+@pytest.mark.parametrize('damage', ['flip_data', 'truncate_data', 'drop_checksums'])
 def test_every_checkpoint_damaged_refuses_and_changes_nothing(runs, damage, tmp_path, monkeypatch):
   use_toy_data(monkeypatch)
   wd = str(tmp_path / 'w')
@@ -318,3 +326,31 @@ def test_kill9_during_save_then_rerun_matches_uninterrupted(runs, tmp_path, monk
   same_metrics(read_rows(runs['ref']), read_rows(wd))
   assert res['top1_last'] == runs['res']['top1_last']
   assert sorted(os.listdir(ck_dir)) == ['2', '3']   # the half-written temporary is gone
+
+
+def test_cli_flipped_runs_in_latest_checkpoint_fall_back_and_match(tmp_path):
+  """The user's path: `python -m common.train` on tiny digits, 64-byte runs overwritten in the
+  largest data file of the newest checkpoint, the same command again."""
+  cfg = 'tests/common/configs/tiny_digits.py'
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+
+  def cli(wd):
+    return subprocess.run([sys.executable, '-m', 'common.train', f'--config={cfg}',
+                           f'--workdir={wd}', '--config.num_epochs=3'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+  ref = str(tmp_path / 'ref')
+  out = cli(ref)
+  assert out.returncode == 0, out.stderr[-3000:]
+  wd = str(tmp_path / 'damaged')
+  shutil.copytree(ref, wd)
+  ck_dir = os.path.join(wd, 'checkpoints')
+  flip(max(data_files(os.path.join(ck_dir, '2')), key=os.path.getsize))
+  out = cli(wd)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'error:' not in out.stderr
+  assert f'warning: checkpoint {ck_dir}/2 cannot be restored' in out.stderr, out.stderr[-3000:]
+  assert f'warning: falling back to {ck_dir}/1' in out.stderr, out.stderr[-3000:]
+  assert f'resuming {wd} from epoch 2' in out.stdout
+  same_metrics(read_rows(ref), read_rows(wd))
+  assert sorted(os.listdir(ck_dir)) == ['1', '2', 'corrupt-2']
