@@ -2,6 +2,7 @@
 
   python -m common.bench [--models=resnet20,resnet56] [--batch=128] [--steps=8] [--variants=all]
   python -m common.bench --engine_overhead
+  python -m common.bench --checkpoint --models=resnet20   # checkpoint verification cost
 
 First, the engine's own cost: one epoch of ``common.train.run`` on digits against the same number
 of bare calls of its compiled step on the same batches (``engine_overhead``). Then, for each model: compile time and images/s of the jitted engine train step (the same
@@ -136,6 +137,95 @@ def engine_overhead(config_path: str = 'common/configs/resnet20_digits.py', epoc
           'bare_steps_s': bare, 'overhead': run_epoch / bare - 1.0}
 
 
+def checkpoint_overhead(model_name: str = 'resnet20', repeats: int = 9) -> dict:
+  """Save + restore time of ``common.checkpoint`` (with checksums) over plain orbax, on one state.
+
+  The state is the engine's ``TrainState`` of ``model_name`` (params, batch stats, SGD momentum).
+  ``plain`` is the orbax ``CheckpointManager`` save + restore of ``(state, meta)`` without the
+  checksum item or verification; ``verified`` is ``Checkpointer.save`` + ``Checkpointer.restore``
+  (CRC-32 of every array on save, integrity item, CRC-32 check on restore). The fastest of
+  ``repeats`` interleaved rounds (the one least disturbed by other processes), each into a fresh
+  step of its own temporary directory.
+
+  Returns:
+    ``{'model', 'arrays', 'mbytes', 'plain_save_ms', 'plain_restore_ms', 'verified_save_ms',
+    'verified_restore_ms', 'checksums_ms', 'plain_ms', 'verified_ms', 'ratio'}``.
+  """
+  import tempfile
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  from common import checkpoint, schedules, train
+  from common.configs import base
+
+  config = base.get_config()
+  config.model.name = model_name
+  method = train.Method(config)
+  method.num_classes = 10
+  model = method.build_model()
+  v = method.init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
+  tx = schedules.make_optimizer(config.optimizer, lambda s: 0.1)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=v['params'],
+                           batch_stats=v['batch_stats'], opt_state=tx.init(v['params']), extra={},
+                           rng=jax.random.PRNGKey(0))
+  meta = {'epoch': 0, 'best_top1': 0.5, 'seconds': 1.0}
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  leaves = jax.tree.leaves(state)
+  nbytes = sum(np.asarray(x).nbytes for x in leaves)
+  with tempfile.TemporaryDirectory() as tmp:
+    opts = ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
+                                        enable_async_checkpointing=False)
+    plain = ocp.CheckpointManager(os.path.join(tmp, 'plain'), options=opts)
+    verified = checkpoint.Checkpointer(os.path.join(tmp, 'verified'), keep=2)
+
+    def plain_save(step):
+      plain.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
+      plain.wait_until_finished()
+
+    def plain_restore(step):
+      out = plain.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      jax.block_until_ready(out.state)
+
+    phases = {'plain_save': plain_save, 'plain_restore': plain_restore,
+              'verified_save': lambda step: verified.save(step, state, meta),
+              'verified_restore': lambda step: jax.block_until_ready(verified.restore(state)[0]),
+              'checksums': lambda step: checkpoint.checksums(state)}
+    times = {k: [] for k in phases}
+    names = list(phases)
+    for step in range(repeats + 1):   # round 0 warms up every path
+      # Odd rounds run the verified phases first, so neither side always meets a warmer cache.
+      order = names if step % 2 == 0 else names[2:4] + names[:2] + names[4:]
+      for name in order:
+        fn = phases[name]
+        t = time.perf_counter()
+        fn(step)
+        if step:
+          times[name].append(time.perf_counter() - t)
+    plain.close()
+    verified.close()
+  med = {k: float(np.min(v)) * 1e3 for k, v in times.items()}
+  plain_ms = med['plain_save'] + med['plain_restore']
+  verified_ms = med['verified_save'] + med['verified_restore']
+  return {'model': model_name, 'arrays': len(leaves), 'mbytes': nbytes / 2**20,
+          **{f'{k}_ms': v for k, v in med.items()}, 'plain_ms': plain_ms,
+          'verified_ms': verified_ms, 'ratio': verified_ms / plain_ms}
+
+
+def print_checkpoint_overhead(model_name: str = 'resnet20', repeats: int = 9) -> None:
+  """Prints :func:`checkpoint_overhead` as one line (target: ratio at most 1.2x)."""
+  r = checkpoint_overhead(model_name, repeats)
+  print(f'checkpoint save+restore of the {r["model"]} state ({r["arrays"]} arrays, '
+        f'{r["mbytes"]:.2f} MiB): plain orbax {r["plain_save_ms"]:.0f} + '
+        f'{r["plain_restore_ms"]:.0f} ms, with crc32 verification {r["verified_save_ms"]:.0f} + '
+        f'{r["verified_restore_ms"]:.0f} ms = {r["ratio"]:.2f}x (crc32 of all arrays once: '
+        f'{r["checksums_ms"]:.1f} ms)', flush=True)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--models', default='resnet20,resnet56')
@@ -145,18 +235,24 @@ def main(argv=None):
   ap.add_argument('--child', default='', help=argparse.SUPPRESS)
   ap.add_argument('--engine_overhead', action='store_true',
                   help='only the epoch-of-run vs bare-steps comparison')
+  ap.add_argument('--checkpoint', action='store_true',
+                  help='only print the checkpoint save+restore cost of verification, per model')
   args = ap.parse_args(argv)
-  cpu = _cpu_name()
+  if args.child:
+    print(json.dumps(measure(args.child, args.batch, args.steps)))
+    return 0
+  if args.checkpoint:
+    for model in args.models.split(','):
+      print_checkpoint_overhead(model)
+    return 0
   r = engine_overhead()
-  print(f'engine overhead ({cpu}): one epoch of common.train.run on digits (ResNet-20, '
+  print(f'engine overhead ({_cpu_name()}): one epoch of common.train.run on digits (ResNet-20, '
         f'{r["steps"]} steps, with evaluation, checkpoint, logging, hooks) {r["run_epoch_s"]:.2f} s '
         f'vs the same steps bare {r["bare_steps_s"]:.2f} s: overhead {100 * r["overhead"]:.1f}% '
         f'(target <= 10%)', flush=True)
   if args.engine_overhead:
     return 0
-  if args.child:
-    print(json.dumps(measure(args.child, args.batch, args.steps)))
-    return 0
+  print_checkpoint_overhead('resnet20')
   names = list(VARIANTS) if args.variants == 'all' else args.variants.split(',')
   bad = [n for n in names if n not in VARIANTS]
   if bad:

@@ -93,11 +93,11 @@ def test_corrupt_checkpoint_one_line_and_untouched(finished, tmp_path):
   import shutil
   wd = str(tmp_path / 'corrupt')
   shutil.copytree(finished, wd)
-  state_dir = os.path.join(wd, 'checkpoints', '5', 'state')
-  for d, _, fs in os.walk(state_dir):
-    for f in fs:
-      with open(os.path.join(d, f), 'wb') as fh:
-        fh.write(b'\0garbage')
+  for step in ('4', '5'):   # both kept checkpoints: with one intact, the run falls back to it
+    for d, _, fs in os.walk(os.path.join(wd, 'checkpoints', step, 'state')):
+      for f in fs:
+        with open(os.path.join(d, f), 'wb') as fh:
+          fh.write(b'\0garbage')
   before = sorted(os.listdir(os.path.join(wd, 'checkpoints')))
   out = cli(f'--config={CFG}', f'--workdir={wd}', '--config.num_epochs=7')
   assert_one_line_error(out, 'cannot be restored', 'checkpoints/5')

@@ -81,8 +81,9 @@ def test_corrupt_checkpoint_is_a_clear_error_and_untouched(tmp_path, monkeypatch
   use_toy_data(monkeypatch)
   c = toy_config(2)
   train.run(c, str(tmp_path), ToyMethod(c))
-  step_dir = tmp_path / 'checkpoints' / '1' / 'state'
-  victims = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+  # Both kept checkpoints are damaged (with one intact, the run falls back to it instead).
+  victims = [os.path.join(d, f) for s in ('0', '1')
+             for d, _, fs in os.walk(tmp_path / 'checkpoints' / s / 'state') for f in fs]
   assert victims
   for v in victims:
     with open(v, 'wb') as f:
