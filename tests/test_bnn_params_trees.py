@@ -23,7 +23,7 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures',
 IMAGENET_PREFIXES = ('recu_resnet18', 'recu_resnet34', 'siman_resnet18', 'siman_resnet34')
 # (model, widths, kwargs) of the initial values pinned by their sums: the quick experiments' nets.
 VALUE_PINS = {
-    'recu_resnet20@8,16,32': ('recu_resnet20', [8, 16, 32], {}),
+    'recu_resnet20@8,16,32': ('recu_resnet20', {'stem': 8, 'stages': [8, 16, 32]}, {}),
     'siman_vgg_small@1/8': ('siman_vgg_small', [16, 16, 32, 32, 64, 64], {}),
 }
 VARIANTS = {'recu_resnet20|fp': ('recu_resnet20', {'binary': False})}

@@ -1,6 +1,6 @@
 """The SiMaN ``common.train`` hooks (siman/train.py): the per-forward projection as explicit steps
 on the parameter tree (post_step, epoch_start with the replayed validation projections), the code
-B as state written by the training forward and read (stale) by eval (spec §2.1, §4 SiMaN 1/4, S8),
+B as state written by the training forward and read (stale) by eval, as the official Parameter B,
 the sign-STE control, the decay mask and config errors. NumPy references are written here."""
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import binarize
+from common.models import bnn_layers
 from common import train
 from common import transforms
 from siman import siman
@@ -85,7 +85,7 @@ def forward_and_kernels(m, model, params, batch_stats, train_mode):
       seen = []
 
       def spy(next_fun, args, kwargs, context):
-        if isinstance(context.module, binarize.BinaryConv) and context.method_name == '__call__':
+        if isinstance(context.module, bnn_layers.BinaryConv) and context.method_name == '__call__':
           seen.append(context.module.variables['params']['kernel'])
         return next_fun(*args, **kwargs)
 
@@ -110,7 +110,7 @@ def test_initial_codes_and_extra(setup):
 
 
 def test_train_forward_writes_code_and_eval_uses_the_stale_one(setup):
-  # S8: train with w, then eval with w' != w: the eval kernel is the old 2B - 1, B unchanged.
+  # Train with w, then eval with w' != w: the eval kernel is the old 2B - 1, B unchanged.
   m, model, v = setup
   params = v['params']
   (_, bs_train, _), seen = forward_and_kernels(m, model, params, v['batch_stats'], True)
@@ -190,9 +190,10 @@ def test_decay_masks_of_the_arms(setup):
   off = {transforms.path_str(p) for p, d in transforms.select(mask, lambda p, l: True).items()
          if not d}
   assert off == {f'conv{i}/{leaf}' for i in range(1, 6) for leaf in ('kernel', 'alpha')}
-  assert make(decay='all').decay_mask(v['params']) is None
+  assert make(decay_rule='all').decay_mask(v['params']) is None
   c = digits.get_config()
-  c.method = recipes.method_config('sign_ste')       # the controls decay every parameter
+  # The controls decay every parameter.
+  c.method = recipes.method_config(weight_binarizer='sign_ste')
   assert SiMaN(c).decay_mask(v['params']) is None
 
 
@@ -216,7 +217,7 @@ def test_bad_method_config():
   with pytest.raises(train.UserError, match='sign_ste'):
     make(weight_binarizer='xnor')
   with pytest.raises(train.UserError, match='official'):
-    make(decay='bn_only')
+    make(decay_rule='bn_only')
   with pytest.raises(train.UserError, match=r'\[0, 50\]'):
     make(percent_max=70.0)
   with pytest.raises(train.UserError, match='eval_projections'):
