@@ -213,6 +213,38 @@ def test_sign_ste_control_binarizes_by_sign_with_identity_gradient(setup):
   assert m.init_extra(v['params'], v['batch_stats'], None) == {}
 
 
+def test_centred_sign_arm_keeps_siman_training_and_binarizes_by_centred_sign(setup):
+  """The control isolating the code: forward sign(w - mean_c w), backward identity onto the
+  standardised weight (closed form below), SiMaN's projection state and decay rule, no code."""
+  _, _, v = setup
+  m = make(weight_binarizer='centred_sign')
+  assert m.projects and m.decay_rule == 'official'
+  extra = m.init_extra(v['params'], {}, None)
+  assert set(extra) == {'percent'}
+  eff = m.effective_params(v['params'], extra)
+  for p, w in binary_kernels(v['params']).items():
+    w = np.asarray(w)
+    np.testing.assert_array_equal(np.asarray(transforms.get_path(eff, p)),
+                                  np.sign(w - w.mean(axis=(0, 1, 2), keepdims=True)))
+  g = np.random.RandomState(7).randn(*v['params']['conv3']['kernel'].shape).astype(np.float32)
+  grad = jax.grad(lambda prm: jnp.sum(m.effective_params(prm, extra)['conv3']['kernel'] * g))(
+      v['params'])['conv3']['kernel']
+  # d = w - mean, s = sqrt(sum d^2 / (N - 1) + eps), w2 = d / s:
+  # dL/dd_j = g_j / s - (sum_i g_i d_i) d_j / ((N - 1) s^3); dL/dw = dL/dd - mean(dL/dd).
+  w = np.asarray(v['params']['conv3']['kernel'], np.float64).reshape(-1, g.shape[-1])
+  gg = g.astype(np.float64).reshape(w.shape)
+  n = w.shape[0]
+  d = w - w.mean(0)
+  sd = np.sqrt((d ** 2).sum(0) / (n - 1) + 1e-5)
+  dd = gg / sd - (gg * d).sum(0) * d / ((n - 1) * sd ** 3)
+  np.testing.assert_allclose(np.asarray(grad).reshape(w.shape), dd - dd.mean(0), rtol=1e-3,
+                             atol=1e-4)
+  new, _ = m.post_step(v['params'], {'percent': jnp.float32(10.0)}, 0)
+  w = np.asarray(v['params']['conv3']['kernel'])
+  np.testing.assert_allclose(np.asarray(new['conv3']['kernel']), np_project(w, 10.0), rtol=1e-5,
+                             atol=1e-6)
+
+
 def test_bad_method_config():
   with pytest.raises(train.UserError, match='sign_ste'):
     make(weight_binarizer='xnor')
