@@ -135,6 +135,8 @@ def parse_widths(text: str):
 
 
 def main(argv=None):
+  """Command line (module docstring): prints the two networks' step times and the ratios;
+  returns the :func:`bench` dict."""
   import argparse
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--model', default='recu_resnet20')

@@ -60,6 +60,8 @@ def bench(model: str = 'siman_vgg_small', widths=None, batch: int = 128, hw: int
 
 
 def main(argv=None):
+  """Command line (module docstring): prints the two networks' step times and the ratios;
+  returns the :func:`bench` dict."""
   import argparse
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--model', default='siman_vgg_small')
