@@ -62,7 +62,8 @@ approx_sign.defvjp(_approx_sign_fwd, _approx_sign_bwd)
 
 @jax.custom_vjp
 def sign_ste(x: jax.Array) -> jax.Array:
-  """``sign(x)`` with the identity straight-through backward (ReCU's weight sign after its clamp)."""
+  """``sign(x)`` with the identity straight-through backward, any shape (ReCU's weight sign, after
+  its clamp; the plain sign-STE baselines)."""
   return jnp.sign(x)
 
 
@@ -93,7 +94,7 @@ def standardize_per_channel(w: jax.Array, scale: float = 1.0, eps: float = 1e-5)
 
 
 def standardize_per_sample(a: jax.Array, subtract_mean: bool, eps: float = 1e-5) -> jax.Array:
-  """Per-sample standardisation over every axis but the batch (``BinarizeConv2d.forward`` of both repos).
+  """Per-sample standardisation over every axis but the batch (both repos' ``BinarizeConv2d``).
 
   ``a [B, ...] -> a / sqrt(var + eps)`` (ReCU, no mean subtraction) or
   ``(a - mean) / sqrt(var(a - mean) + eps)`` (SiMaN), unbiased variance, not detached.

@@ -16,8 +16,9 @@ The official loop (``main.py``) mapped onto the engine's hooks:
   ``'conv_fc'`` (ImageNet: only parameters whose name contains ``conv`` or ``fc`` -- stem conv,
   binary conv kernels *and alpha*, fc -- not BN, BN1d, nor the FP downsample conv);
 * ``loss``: cross-entropy, or for the two-stage run the distillation loss
-  ``mean_b(-sum_k softmax(t)_k log_softmax(s)_k)`` against a frozen teacher (``imagenet_two-stage/main.py``) whose variables
-  come from ``method.teacher_checkpoint`` (a finished ``common.train`` workdir);
+  ``mean_b(-sum_k softmax(t)_k log_softmax(s)_k)`` against a frozen teacher
+  (``imagenet_two-stage/main.py``) whose variables come from ``method.teacher_checkpoint`` (a
+  finished ``common.train`` workdir);
 * ``epoch_end``: the paper's diagnostics averaged over the binary layers (dead-weight share
   ``|w1| > Q``, weight entropy, quantization error), in ``metrics.jsonl``; ``export`` plots them
   (``recu_diagnostics.png``) and the weight histogram (``recu_weights.png``).

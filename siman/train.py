@@ -62,7 +62,7 @@ SIMAN_TRAINING = siman.SIMAN_TRAINING
 
 
 class SiMaN(train.Method):
-  """``common.train`` hooks of SiMaN and of its centred-sign / sign-STE / full-precision controls."""
+  """``common.train`` hooks of SiMaN and of its centred-sign / sign-STE / full-precision arms."""
 
   name = 'siman'
 

@@ -28,7 +28,8 @@ def np_standardize(w):
 
 
 def np_grad(w, c, tau):
-  """Closed-form dL/dw of L = sum(c * b_w): J_std^T (c * 1[|w1| <= Q]) (clamp gradient, then identity STE).
+  """Closed-form dL/dw of L = sum(c * b_w): J_std^T (c * 1[|w1| <= Q]) (clamp gradient, then
+  identity STE).
 
   For y = s d / sigma (d = x - mean x, sigma^2 = sum d^2 / (N-1) + eps) per channel:
   g_x = s/sigma (g - mean g) - s d (d . g) / ((N - 1) sigma^3).
