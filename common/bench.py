@@ -164,7 +164,7 @@ def checkpoint_overhead(model_name: str = 'resnet20', repeats: int = 9) -> dict:
   config = base.get_config()
   config.model.name = model_name
   method = train.Method(config)
-  method.num_classes = 10
+  method.setup(train.RunInfo(num_classes=10, image_shape=(32, 32, 3)))
   model = method.build_model()
   v = method.init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
   tx = schedules.make_optimizer(config.optimizer, lambda s: 0.1)

@@ -1,18 +1,22 @@
-"""Binarization pieces shared by the binary-network papers (ReCU, SiMaN): spec binary-recu-siman.md §0.
+"""Binarization pieces shared by the binary-network papers (ReCU: z-hXu/ReCU, SiMaN: lmbxmu/SiMaN;
+both repos' ``modules/binarized_modules.py``).
 
-* :func:`approx_sign` — forward ``sign(x)``, backward ``g * max(0, 2 - 2|x|)`` (Bi-Real ApproxSign,
-  the activation binarizer of both repos).
-* :func:`sign_ste` — forward ``sign``, identity backward (ReCU's weight sign after its clamp).
-* :func:`sign_clipped_ste` — forward ``sign``, backward ``g * 1(|x| <= 1)`` (the classic BNN STE,
-  used by the plain sign-STE baselines).
-* :func:`standardize_per_channel` / :func:`standardize_per_sample` — the (unbiased, eps-inside)
-  standardisations the repos apply before binarizing weights / activations; ordinary differentiable
-  functions (the repos do not detach them).
-* :class:`BinaryConv` / :class:`BinaryDense` — linen layers that binarize their input with
-  ``act_binarizer``, apply the (optionally ``weight_binarizer``-ed) kernel and multiply by a
-  learnable per-output-channel ``alpha`` (after the conv, before the following BN, as both repos do).
-* :func:`binary_kernel_paths` / :func:`binary_kernel_where` — find the kernels of those layers in a
+* :func:`approx_sign` -- forward ``sign(x)``, backward ``g * max(0, 2 - 2|x|)`` (the Bi-Real
+  ApproxSign of the activation quantizer in both repos' ``binarized_modules.py``).
+* :func:`sign_ste` -- forward ``sign``, identity backward (ReCU's weight quantizer after its clamp;
+  the plain sign-STE baselines).
+* :func:`sign_clipped_ste` -- forward ``sign``, backward ``g * 1(|x| <= 1)`` (the classic BNN STE).
+* :func:`standardize_per_channel` / :func:`standardize_per_sample` -- the (unbiased, eps-inside)
+  standardisations both ``BinarizeConv2d.forward`` apply before binarizing weights / activations;
+  ordinary differentiable functions (the repos do not detach them).
+* :func:`plain_activation` -- ``approx_sign(a)`` without normalisation (the plain BNN baseline).
+* :func:`alpha_init` -- initialisers of the per-output-channel scaling factor.
+* :func:`binary_kernel_paths` / :func:`binary_kernel_where` -- find the binary layers' kernels in a
   parameter tree (the leaves a method's weight binarizer must transform).
+
+The binary layers themselves (``BinaryConv`` and the blocks built from it) live in
+``common.models.bnn_layers``; each paper's own binarizers live in its package (``recu.recu``,
+``siman.siman``).
 
 Weight binarizers that depend on per-epoch scalars (ReCU's tau, SiMaN's percentile projection) are
 applied to the parameter tree before ``apply`` (``common.train.Method.effective_params`` /
@@ -24,8 +28,8 @@ recompile; stateless ones can be given to the layer as ``weight_binarizer``. The
     logits = model.apply({'params': eff, ...}, x, train=True)   # layers: weight_binarizer=None
 
 A binary layer is recognised by its parameters: a module holding both ``kernel`` and ``alpha``
-(every :class:`BinaryConv` / :class:`BinaryDense` with ``alpha`` set; no full-precision layer of the
-zoo has an ``alpha``).
+(every ``bnn_layers.BinaryConv`` / ``BinaryDense`` with ``alpha`` set; no full-precision layer of
+the zoo has an ``alpha``).
 
 PyTorch's ``sign(0) = 0`` is kept (``jnp.sign`` agrees); with float weights/activations an exact 0
 has probability ~0 after the standardisations.
@@ -33,16 +37,15 @@ has probability ~0 after the standardisations.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 
 @jax.custom_vjp
 def approx_sign(x: jax.Array) -> jax.Array:
-  """``sign(x)`` with the ApproxSign backward ``g * max(0, 2 - 2|x|)`` (spec §0; any shape)."""
+  """``sign(x)`` with the ApproxSign backward ``g * max(0, 2 - 2|x|)`` (any shape)."""
   return jnp.sign(x)
 
 
@@ -59,7 +62,8 @@ approx_sign.defvjp(_approx_sign_fwd, _approx_sign_bwd)
 
 @jax.custom_vjp
 def sign_ste(x: jax.Array) -> jax.Array:
-  """``sign(x)`` with the identity straight-through backward (ReCU weights, spec §1.1 step 6)."""
+  """``sign(x)`` with the identity straight-through backward, any shape (ReCU's weight sign, after
+  its clamp; the plain sign-STE baselines)."""
   return jnp.sign(x)
 
 
@@ -80,8 +84,8 @@ def standardize_per_channel(w: jax.Array, scale: float = 1.0, eps: float = 1e-5)
   """``(w - mean_c) / sqrt(var_c + eps) * scale`` per output channel of a ``[..., C_out]`` kernel.
 
   The mean and the *unbiased* variance (divisor N - 1, as ``torch.var``) reduce over every axis but
-  the last (HWIO: kh, kw, C_in), and are not detached (spec §1.1 steps 1-2: ReCU uses
-  ``scale = 2 sqrt 2``; §2.1 step 1: SiMaN uses 1).
+  the last (HWIO: kh, kw, C_in), and are not detached (``BinarizeConv2d.forward``: ReCU uses
+  ``scale = 2 sqrt 2``, SiMaN 1).
   """
   axes = tuple(range(w.ndim - 1))
   w0 = w - jnp.mean(w, axis=axes, keepdims=True)
@@ -90,7 +94,7 @@ def standardize_per_channel(w: jax.Array, scale: float = 1.0, eps: float = 1e-5)
 
 
 def standardize_per_sample(a: jax.Array, subtract_mean: bool, eps: float = 1e-5) -> jax.Array:
-  """Per-sample standardisation over every axis but the batch (spec §1.2 ReCU, §2.2 SiMaN).
+  """Per-sample standardisation over every axis but the batch (both repos' ``BinarizeConv2d``).
 
   ``a [B, ...] -> a / sqrt(var + eps)`` (ReCU, no mean subtraction) or
   ``(a - mean) / sqrt(var(a - mean) + eps)`` (SiMaN), unbiased variance, not detached.
@@ -102,41 +106,14 @@ def standardize_per_sample(a: jax.Array, subtract_mean: bool, eps: float = 1e-5)
   return a / jnp.sqrt(var + eps)
 
 
-def recu_activation(a: jax.Array, train: bool) -> jax.Array:
-  """ReCU's activation binarizer: ``approx_sign(a / std(a))`` in training, ``approx_sign(a)`` in eval.
-
-  The forward is the same in both (sign is scale-invariant); training only rescales the gradient
-  window (spec §1.2).
-  """
-  return approx_sign(standardize_per_sample(a, subtract_mean=False) if train else a)
-
-
-def siman_activation(a: jax.Array, train: bool) -> jax.Array:
-  """SiMaN's activation binarizer: ``approx_sign((a - mean) / std)`` in train *and* eval (§2.2)."""
-  del train
-  return approx_sign(standardize_per_sample(a, subtract_mean=True))
-
-
 def plain_activation(a: jax.Array, train: bool) -> jax.Array:
   """``approx_sign(a)`` without any normalisation (the plain BNN baseline)."""
   del train
   return approx_sign(a)
 
 
-ACTIVATION_BINARIZERS = {'recu': recu_activation, 'siman': siman_activation,
-                         'plain': plain_activation}
-
-
-def activation_binarizer(name: str) -> Callable[[jax.Array, bool], jax.Array]:
-  """Named activation binarizer (``'recu'``, ``'siman'``, ``'plain'``)."""
-  if name not in ACTIVATION_BINARIZERS:
-    raise ValueError(f'unknown activation binarizer {name!r}; allowed: '
-                     f'{sorted(ACTIVATION_BINARIZERS)}')
-  return ACTIVATION_BINARIZERS[name]
-
-
 def alpha_init(kind: str, fan_in: int):
-  """Initialiser of the per-output-channel scale ``alpha [C_out]`` (spec §0 "Scaling factor").
+  """Initialiser of the per-output-channel scale ``alpha [C_out]`` (``BinarizeConv2d.alpha``).
 
   ``'uniform'``: U[0, 1) (ReCU, ``torch.rand``). ``'mean_abs_default'``: per-channel mean |w| of a
   PyTorch-default (kaiming-uniform a=sqrt5 = U(+-1/sqrt(fan_in))) weight drawn for this purpose
@@ -156,70 +133,6 @@ def alpha_init(kind: str, fan_in: int):
     raise ValueError(f"unknown alpha init {kind!r}; allowed: ['uniform', 'mean_abs_default', "
                      "'ones']")
   return init
-
-
-class BinaryConv(nn.Module):
-  """``conv(act_binarizer(x), weight_binarizer(kernel)) * alpha``; no bias (spec §0).
-
-  Attributes:
-    features: C_out.
-    kernel_size, strides: ints or pairs; padding is PyTorch's symmetric ``k // 2``.
-    act_binarizer: ``f(a, train) -> {-1, 0, +1}`` or None (full-precision input).
-    weight_binarizer: ``f(kernel) -> binary kernel`` or None (the kernel is used as given, e.g.
-      already binarized on the param tree by the method).
-    alpha: None (no scale) or an :func:`alpha_init` kind.
-    kernel_init: initialiser of the HWIO kernel ``[k, k, C_in, C_out]``.
-  Input ``[B, H, W, C_in]`` -> output ``[B, H', W', C_out]``.
-  """
-  features: int
-  kernel_size: Union[int, Sequence[int]] = 3
-  strides: Union[int, Sequence[int]] = 1
-  act_binarizer: Optional[Callable] = None
-  weight_binarizer: Optional[Callable] = None
-  alpha: Optional[str] = 'uniform'
-  kernel_init: Callable = nn.initializers.kaiming_normal()
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    k = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-    s = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-    c_in = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (k[0], k[1], c_in, self.features))
-    if self.act_binarizer is not None:
-      x = self.act_binarizer(x, train)
-    w = self.weight_binarizer(kernel) if self.weight_binarizer is not None else kernel
-    y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), s, [(k[0] // 2, k[0] // 2), (k[1] // 2, k[1] // 2)],
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    if self.alpha is not None:
-      a = self.param('alpha', alpha_init(self.alpha, c_in * k[0] * k[1]), (self.features,))
-      y = y * a
-    return y
-
-
-class BinaryDense(nn.Module):
-  """``act_binarizer(x) @ weight_binarizer(kernel) * alpha``; no bias (spec §0, for linear layers).
-
-  Attributes as :class:`BinaryConv`; kernel ``[C_in, C_out]``; input ``[B, C_in]`` ->
-  ``[B, C_out]``.
-  """
-  features: int
-  act_binarizer: Optional[Callable] = None
-  weight_binarizer: Optional[Callable] = None
-  alpha: Optional[str] = 'uniform'
-  kernel_init: Callable = nn.initializers.kaiming_normal()
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    c_in = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (c_in, self.features))
-    if self.act_binarizer is not None:
-      x = self.act_binarizer(x, train)
-    w = self.weight_binarizer(kernel) if self.weight_binarizer is not None else kernel
-    y = x @ w.astype(x.dtype)
-    if self.alpha is not None:
-      y = y * self.param('alpha', alpha_init(self.alpha, c_in), (self.features,))
-    return y
 
 
 def binary_kernel_paths(params) -> List[Tuple[str, ...]]:

@@ -1,15 +1,16 @@
-"""ReCU's weight binarizer and its diagnostics, as pure functions (spec binary-recu-siman.md §1).
+"""ReCU's binarizers and diagnostics as pure functions, following z-hXu/ReCU
+``modules/binarized_modules.py: BinarizeConv2d.forward``.
 
 A weight ``w`` is a Flax HWIO kernel ``[kh, kw, C_in, C_out]`` (or ``[C_in, C_out]``): "per output
-channel" reduces over every axis but the last (spec §4 port notes).
+channel" reduces over every axis but the last (PyTorch ``[Co, Ci, kh, kw]`` reduces over dims 1-3).
 
-    w1 = standardize_per_channel(w) * 2 sqrt 2     # unbiased var, eps 1e-5 inside (§1.1 steps 1-2)
-    E  = mean |w1|        (whole layer)            # MLE of the Laplace scale (§1.1 step 3)
+    w1 = standardize_per_channel(w) * 2 sqrt 2     # unbiased var, eps 1e-5 inside
+    E  = mean |w1|        (whole layer)            # MLE of the Laplace scale
     Q  = stop_grad(-E ln(2 - 2 tau))               # tau-quantile of Laplace(0, E) (step 4)
     b  = sign_ste(clip(w1, -Q, Q))                 # identity STE after the clamp (steps 5-6)
 
 The forward equals ``sign(w - mean_c w)`` for every tau (Q > 0); the clamp only zeroes the task
-gradient of the tail weights ("dead weights"), which weight decay then pulls back (§1.1, §4.1).
+gradient of the tail weights ("dead weights"), which weight decay then pulls back.
 tau = 1 gives ``ln 0 = -inf`` and Q = +inf: no clamp (the official buffer's initial value).
 """
 from __future__ import annotations
@@ -22,13 +23,13 @@ import jax.numpy as jnp
 
 from common import binarize
 
-SCALE = 2.0 * math.sqrt(2.0)   # §1.1 step 2: each channel of w1 gets std 2 sqrt 2 (Laplace b = 2)
-TAU_MIN = 0.85                 # §1.3: defaults of every official script
+SCALE = 2.0 * math.sqrt(2.0)   # each channel of w1 gets std 2 sqrt 2 (Laplace b = 2)
+TAU_MIN = 0.85                 # utils/options.py defaults, used by every official run.sh
 TAU_MAX = 0.99
 
 
 def tau_schedule(epoch, num_epochs: int, tau_min: float = TAU_MIN, tau_max: float = TAU_MAX):
-  """tau at the start of ``epoch`` (spec §1.3, the official per-epoch hook).
+  """tau at the start of ``epoch`` (the official per-epoch update in ``main.py``).
 
   ``tau(e) = A exp(e/E) + B`` with ``A = (tau_max - tau_min) / (exp(1) - 1)``, ``B = tau_min - A``,
   i.e. ``tau_min + (tau_max - tau_min) (exp(e/E) - 1) / (exp(1) - 1)``; tau(0) = tau_min and
@@ -52,7 +53,7 @@ def tau_schedule(epoch, num_epochs: int, tau_min: float = TAU_MIN, tau_max: floa
 
 
 def standardize(w: jax.Array) -> jax.Array:
-  """``w1``: per-output-channel ``(w - mean) / sqrt(var + 1e-5) * 2 sqrt 2`` (§1.1 steps 1-2).
+  """``w1``: per-output-channel ``(w - mean) / sqrt(var + 1e-5) * 2 sqrt 2``.
 
   Unbiased variance, not detached. Same shape as ``w``.
   """
@@ -60,13 +61,14 @@ def standardize(w: jax.Array) -> jax.Array:
 
 
 def clamp_threshold(w1: jax.Array, tau) -> jax.Array:
-  """``Q = -mean|w1| * ln(2 - 2 tau)``, detached (§1.1 steps 3-4); scalar, +inf at tau = 1."""
+  """``Q = -mean|w1| * ln(2 - 2 tau)``, detached (the official ``.item()``); scalar, +inf at
+  tau = 1. ``Q`` is the tau-quantile of Laplace(0, mean|w1|) (mean|w1| is the MLE of its scale)."""
   e = jnp.mean(jnp.abs(w1))
   return jax.lax.stop_gradient(-e * jnp.log(2.0 - 2.0 * jnp.asarray(tau, w1.dtype)))
 
 
 def recu_clamp(w: jax.Array, tau) -> jax.Array:
-  """ReCU, the *rectified clamp unit* (§1.1 steps 1-5): ``clip(w1, -Q, Q)``, same shape as ``w``.
+  """ReCU, the *rectified clamp unit*: ``clip(w1, -Q, Q)``, same shape as ``w``.
 
   The gradient is the clamp's (1 where ``|w1| <= Q``, else 0) chained with the Jacobian of the
   standardisation.
@@ -77,7 +79,7 @@ def recu_clamp(w: jax.Array, tau) -> jax.Array:
 
 
 def binarize_weight(w: jax.Array, tau) -> jax.Array:
-  """ReCU's binary weight ``sign(recu_clamp(w, tau))`` with the identity STE (§1.1 step 6).
+  """ReCU's binary weight ``sign(recu_clamp(w, tau))`` with the identity STE.
 
   Args:
     w: kernel ``[..., C_out]``.
@@ -88,13 +90,25 @@ def binarize_weight(w: jax.Array, tau) -> jax.Array:
   return binarize.sign_ste(recu_clamp(w, tau))
 
 
+def recu_activation(a: jax.Array, train: bool) -> jax.Array:
+  """ReCU's activation binarizer: ``approx_sign(a / std(a))`` in training, ``approx_sign(a)`` in eval.
+
+  ``a [B, ...]``; the per-sample unbiased std over every axis but the batch, no mean subtraction,
+  not detached (``BinarizeConv2d.forward``: ``a = a / sqrt(a.var([1,2,3]) + 1e-5)`` under
+  ``if self.training``). The forward is the same in both modes (sign is scale-invariant);
+  training only rescales the ApproxSign gradient window.
+  """
+  return binarize.approx_sign(binarize.standardize_per_sample(a, subtract_mean=False) if train
+                              else a)
+
+
 def sign_weight(w: jax.Array) -> jax.Array:
-  """The plain baseline ``sign(w)`` with identity STE: no standardisation, no clamp (spec §6)."""
+  """The plain baseline ``sign(w)`` with identity STE: no standardisation, no clamp."""
   return binarize.sign_ste(w)
 
 
 def dead_fraction(w: jax.Array, tau) -> jax.Array:
-  """Share of entries with ``|w1| > Q(tau)``: clamped ("dead") weights, no task gradient (§1.1)."""
+  """Share of entries with ``|w1| > Q(tau)``: clamped ("dead") weights, no task gradient."""
   w1 = standardize(w)
   return jnp.mean((jnp.abs(w1) > clamp_threshold(w1, tau)).astype(jnp.float32))
 

@@ -1,4 +1,4 @@
-"""Train a binary network with ReCU (spec binary-recu-siman.md §1), on ``common.train``.
+"""Train a binary network with ReCU (z-hXu/ReCU), on ``common.train``.
 
   python -m recu.train --config=recu/configs/resnet20_cifar10.py --workdir=runs/recu_r20
   python -m recu.train --config=recu/configs/digits.py --workdir=runs/recu_digits
@@ -6,23 +6,24 @@
 The official loop (``main.py``) mapped onto the engine's hooks:
 
 * ``init_extra``: ``tau = 1`` (the official buffer's initial value; Q = inf);
-* ``epoch_start``: ``tau = tau_schedule(epoch, E, tau_min, tau_max)`` (§1.3), stored in
+* ``epoch_start``: ``tau = tau_schedule(epoch, E, tau_min, tau_max)``, stored in
   ``TrainState.extra['tau']`` as an array, so changing it never recompiles the step;
 * ``effective_params``: every binary conv kernel (modules with ``kernel`` + ``alpha``) becomes
-  ``binarize_weight(w, tau)`` (§1.1) inside the jitted step; the stem conv, the downsample convs
+  ``binarize_weight(w, tau)`` inside the jitted step; the stem conv, the downsample convs
   and the classifier stay full precision; activations are binarized inside the model
-  (``common.binarize.recu_activation``, §1.2);
-* ``decay_mask`` (§1.5): ``'all'`` (CIFAR: every parameter, alpha and BN included) or
+  (``recu.recu.recu_activation``);
+* ``decay_mask`` (``main.py``): ``'all'`` (CIFAR: every parameter, alpha and BN included) or
   ``'conv_fc'`` (ImageNet: only parameters whose name contains ``conv`` or ``fc`` -- stem conv,
   binary conv kernels *and alpha*, fc -- not BN, BN1d, nor the FP downsample conv);
 * ``loss``: cross-entropy, or for the two-stage run the distillation loss
-  ``mean_b(-sum_k softmax(t)_k log_softmax(s)_k)`` against a frozen teacher (§1.5) whose variables
-  come from ``method.teacher_checkpoint`` (a finished ``common.train`` workdir);
+  ``mean_b(-sum_k softmax(t)_k log_softmax(s)_k)`` against a frozen teacher
+  (``imagenet_two-stage/main.py``) whose variables come from ``method.teacher_checkpoint`` (a
+  finished ``common.train`` workdir);
 * ``epoch_end``: the paper's diagnostics averaged over the binary layers (dead-weight share
   ``|w1| > Q``, weight entropy, quantization error), in ``metrics.jsonl``; ``export`` plots them
   (``recu_diagnostics.png``) and the weight histogram (``recu_weights.png``).
 
-Config fields (``config.method``): ``weight_binarizer`` ('recu' | 'sign' (plain ``sign(w)``
+Config fields (``config.method``): ``weight_binarizer`` ('recu' | 'sign_ste' (plain ``sign(w)``
 identity-STE baseline) | 'none' (the same network in full precision)), ``tau_min`` (0.85),
 ``tau_max`` (0.99), ``decay_rule`` ('all' | 'conv_fc'), ``teacher_checkpoint`` ('' = no KD),
 ``teacher_model``, ``teacher_widths``, ``init_strict`` (False: stage-1 weights from
@@ -44,12 +45,12 @@ from common import train
 from common import transforms
 from recu import recu
 
-WEIGHT_BINARIZERS = ('recu', 'sign', 'none')
+WEIGHT_BINARIZERS = ('recu', 'sign_ste', 'none')
 DECAY_RULES = ('all', 'conv_fc')
 
 
 def decay_mask_conv_fc(params):
-  """ImageNet rule of the official ``main.py`` (spec §1.5): decay iff the parameter's name contains
+  """ImageNet rule of the official ``imagenet/main.py``: decay iff the parameter's name contains
   ``conv`` or ``fc``. Bool pytree like ``params``."""
   def f(keypath, leaf):
     s = '.'.join(transforms.path_tuple(keypath))
@@ -58,19 +59,20 @@ def decay_mask_conv_fc(params):
 
 
 def binarize_params(params, tau, weight_binarizer: str = 'recu'):
-  """*Pure*. ``params`` with every binary-conv kernel binarized (§1.1); other leaves unchanged.
+  """*Pure*. ``params`` with every binary-conv kernel binarized; other leaves unchanged.
 
   Args:
     params: the model's parameter tree.
     tau: scalar (array or float).
-    weight_binarizer: 'recu' (``recu.binarize_weight``), 'sign' (plain ``sign(w)`` STE) or 'none'.
+    weight_binarizer: 'recu' (``recu.binarize_weight``), 'sign_ste' (plain ``sign(w)`` STE) or
+      'none'.
   """
   if weight_binarizer == 'none':
     return params
   where = binarize.binary_kernel_where(params)
   if weight_binarizer == 'recu':
     fn = lambda w: recu.binarize_weight(w, tau)
-  elif weight_binarizer == 'sign':
+  elif weight_binarizer == 'sign_ste':
     fn = recu.sign_weight
   else:
     raise ValueError(f'unknown weight_binarizer {weight_binarizer!r}; allowed: '
@@ -79,7 +81,7 @@ def binarize_params(params, tau, weight_binarizer: str = 'recu'):
 
 
 def kd_loss(student_logits, teacher_logits):
-  """Two-stage distillation loss (spec §1.5): ``mean_b(-sum_k softmax(t)_k log_softmax(s)_k)``.
+  """Two-stage distillation loss: ``mean_b(-sum_k softmax(t)_k log_softmax(s)_k)``.
 
   ``[B, K], [B, K] -> scalar``; the teacher is a constant (no gradient).
   """
@@ -125,7 +127,7 @@ def _overlay(base, loaded):
 
 
 class ReCU(train.Method):
-  """``common.train`` hooks of ReCU (spec §1)."""
+  """``common.train`` hooks of ReCU and of its sign-STE / full-precision controls."""
 
   name = 'recu'
 
@@ -143,7 +145,7 @@ class ReCU(train.Method):
     self.teacher_checkpoint = m.get('teacher_checkpoint', '')
     self._teacher = None
     if self.weight_binarizer != 'recu':
-      self.name = {'sign': 'sign-ste', 'none': 'full-precision'}[self.weight_binarizer]
+      self.name = {'sign_ste': 'sign_ste', 'none': 'full_precision'}[self.weight_binarizer]
 
   # --- model and variables -------------------------------------------------------------------
   def build_model(self):
@@ -168,7 +170,7 @@ class ReCU(train.Method):
     loaded = train.load_variables(path)
     if self.config.method.get('init_strict', False):
       return loaded
-    # Two-stage: stage-1 weights are loaded with strict=False (spec §1.5).
+    # Two-stage: stage-1 weights are loaded with load_state_dict(strict=False).
     return {k: _overlay(variables[k], loaded.get(k, {})) for k in ('params', 'batch_stats')}
 
   def init_extra(self, params, batch_stats, rng):
@@ -204,8 +206,8 @@ class ReCU(train.Method):
   def epoch_end(self, state, epoch):
     tau = float(state.extra['tau'])
     out = {'tau': tau}
-    # Diagnostics at the tau of the epoch for every arm (sign-ste / FP included), so the dead-weight
-    # share of the baselines is measured on the same standardised scale (spec §6).
+    # Diagnostics at the tau of the epoch for every arm (sign-STE / FP included), so the dead-weight
+    # share of the baselines is measured on the same standardised scale.
     out.update(diagnostics(state.params, tau))
     return out
 
@@ -237,7 +239,7 @@ class ReCU(train.Method):
 
 
 def standardized_weights(params) -> np.ndarray:
-  """All binary kernels' ``w1`` (§1.1 steps 1-2), flattened and concatenated (host, float32)."""
+  """All binary kernels' standardised ``w1`` (``recu.standardize``), flattened, concatenated."""
   paths = binarize.binary_kernel_paths(params)
   if not paths:
     return np.zeros((0,), np.float32)

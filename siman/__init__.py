@@ -1,5 +1,7 @@
 """SiMaN (Lin et al., TPAMI 2022): sign-to-magnitude weight binarization, as the official code
-lmbxmu/SiMaN does it (spec ``shared/papers/binary-recu-siman.md`` §2).
+lmbxmu/SiMaN does it (``modules/binarized_modules.py``, ``main.py``,
+``models_*``). Importing the package registers the ``siman_*`` networks with ``common.models``
+(``siman/models.py``, built from ``common.models.bnn_layers``).
 
     from siman import siman_binarize, binary_code, project, percent_schedule
     bw = siman_binarize(w)                  # {-1,+1}: +1 on the larger-|w| half of each channel
@@ -8,14 +10,17 @@ lmbxmu/SiMaN does it (spec ``shared/papers/binary-recu-siman.md`` §2).
 Training: ``python -m siman.train --config=siman/configs/<name>.py --workdir=DIR``; the quick
 experiment on digits: ``siman.quick.run``. See README.md for paper / code / port differences.
 """
-from siman.siman import (CODE_METHODS, PERCENT_MAX, angle_alignment_k, binarize_params,
-                         binary_code, binary_codes, binary_kernel_paths, decay_mask,
+from siman.siman import (CODE_METHODS, PERCENT_MAX, SIMAN_TRAINING, angle_alignment_k,
+                         binarize_params, binary_code, centred_sign_binarize, binary_codes, binary_kernel_paths, decay_mask,
                          decay_rule_for, is_binary_kernel, laplace_fit, percent_schedule,
                          percentile_of_sorted, project, project_params, reproject_params,
-                         siman_binarize, standardized_magnitude, straight_through_code)
+                         siman_activation, siman_binarize, standardized_magnitude,
+                         straight_through_code)
+from siman import models  # noqa: F401  (registers the siman_* networks)
 
-__all__ = ['CODE_METHODS', 'PERCENT_MAX', 'angle_alignment_k', 'binarize_params', 'binary_code',
+__all__ = ['CODE_METHODS', 'PERCENT_MAX', 'SIMAN_TRAINING', 'angle_alignment_k', 'binarize_params',
+           'binary_code', 'centred_sign_binarize',
            'binary_codes', 'binary_kernel_paths', 'decay_mask', 'decay_rule_for',
            'is_binary_kernel', 'laplace_fit', 'percent_schedule', 'percentile_of_sorted',
-           'project', 'project_params', 'reproject_params', 'siman_binarize',
+           'project', 'project_params', 'reproject_params', 'siman_activation', 'siman_binarize',
            'standardized_magnitude', 'straight_through_code']

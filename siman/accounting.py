@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from common import binarize
+from common.models import bnn_layers
 from common import transforms
 from siman import siman
 
@@ -29,7 +29,7 @@ def op_counts(model: nn.Module, input_shape: Tuple[int, ...]) -> Tuple[Dict[str,
   """``({'fp_flops', 'bops', 'flops', 'ops'}, table)`` of one image through ``model``.
 
   Args:
-    model: a linen model ``(x, train) -> logits`` built from ``common.binarize.BinaryConv``,
+    model: a linen model ``(x, train) -> logits`` built from ``common.bnn_layers.BinaryConv``,
       ``nn.Conv``, ``nn.Dense`` and ``nn.BatchNorm``.
     input_shape: ``(H, W, C)`` of one image.
   Returns:
@@ -45,12 +45,12 @@ def op_counts(model: nn.Module, input_shape: Tuple[int, ...]) -> Tuple[Dict[str,
     if context.method_name != '__call__':
       return out
     path = '/'.join(mod.path)
-    if isinstance(mod, (binarize.BinaryConv, nn.Conv)):
+    if isinstance(mod, (bnn_layers.BinaryConv, nn.Conv)):
       k = mod.variables['params']['kernel']
       flops = math.prod(out.shape[1:-1]) * out.shape[-1] * math.prod(k.shape[:-1])
       if isinstance(mod, nn.Conv) and mod.use_bias:
         flops += math.prod(out.shape[1:])
-      binary = isinstance(mod, binarize.BinaryConv) and mod.act_binarizer is not None
+      binary = isinstance(mod, bnn_layers.BinaryConv) and mod.act_binarizer is not None
       rows.append({'path': path, 'kind': 'conv', 'binary': binary, 'flops': int(flops)})
     elif isinstance(mod, nn.Dense):
       k = mod.variables['params']['kernel']

@@ -1,5 +1,5 @@
 """Plots of the SiMaN package: the binary weights' histogram with its Laplace fit (the paper's
-claim that learned BNN weights are roughly Laplacian, spec §2) and accuracy-vs-epoch curves."""
+claim that learned BNN weights are roughly Laplacian) and accuracy-vs-epoch curves."""
 from __future__ import annotations
 
 from typing import Any, Dict, Sequence
@@ -11,7 +11,7 @@ from siman import siman
 
 
 def standardized_weights(params) -> np.ndarray:
-  """All binary kernels' standardised weights ``w2`` (per-channel, §2.1 step 1), flattened."""
+  """All binary kernels' standardised weights ``w2`` (per-channel), flattened."""
   from common import binarize
   ws = [np.asarray(binarize.standardize_per_channel(w)).reshape(-1)
         for w in transforms.select(params, siman.is_binary_kernel(params)).values()]

@@ -1,22 +1,27 @@
-"""SiMaN's weight binarization as pure functions (spec ``binary-recu-siman.md`` §2; Lin et al.,
-"SiMaN: Sign-to-Magnitude Network Binarization", TPAMI 2022).
+"""SiMaN's weight binarization as pure functions (lmbxmu/SiMaN ``modules/binarized_modules.py:
+BinarizeConv2d``, ``main.py``; Lin et al., "SiMaN: Sign-to-Magnitude Network Binarization",
+TPAMI 2022).
 
 Per binary conv kernel ``w`` (Flax HWIO ``[kh, kw, C_in, C_out]``; "per output channel" reduces
 over the first three axes, N = kh * kw * C_in):
 
 * :func:`project` — the parameter overwrite the official ``BinarizeConv2d.forward`` performs before
-  every forward, in train *and* eval (§2.1 step 0): centre each channel, then clip the magnitudes
-  to the layer's [p, 100 - p] percentiles (``np.percentile``, linear interpolation), keeping signs.
-* :func:`percent_schedule` — ``p(e) = 15 (1 - e / E)`` set at the start of epoch e (§2.3).
+  every forward, in train *and* eval: centre each channel, then clip the magnitudes to the
+  layer's [p, 100 - p] percentiles (``np.percentile``, linear interpolation), keeping signs.
+* :func:`percent_schedule` — ``p(e) = 15 (1 - e / E)`` set at the start of epoch e (``main.py``).
 * :func:`binary_code` — ``B = 1[|w2| > median]`` per output channel with ``w2`` the standardised
-  kernel (§2.1 step 3, the default median branch; 'sort' is the ``--sort quick`` branch).
-* :func:`siman_binarize` — forward ``2B - 1``, backward identity onto ``X = |w2|`` (§2.1 steps
-  4-5): ``dL/dw = J_std(w)^T (g * sign(w2))``; the straight-through node is a ``jax.custom_vjp``.
+  kernel (the default median branch; 'sort' is the ``--sort quick`` branch).
+* :func:`siman_binarize` — forward ``2B - 1``, backward identity onto ``X = |w2|``
+  (``X - X.detach() + (2B - 1)``): ``dL/dw = J_std(w)^T (g * sign(w2))``; the straight-through
+  node is a ``jax.custom_vjp``.
+* :func:`centred_sign_binarize` — the control that keeps everything but the code:
+  ``sign(w2)`` with identity STE onto ``w2``.
 * :func:`angle_alignment_k` — the k that maximises the paper's {0, +1} angle-alignment objective
   ``cos(X, b) = X.b / (|X| |b|)`` over codes b with k ones (the top-k of X); the code fixes k = N/2.
 * Tree-level helpers: :func:`binary_kernel_paths` (a kernel is binary iff its module has an
-  ``alpha`` leaf, ``common.models.bnn_siman``), :func:`project_params`, :func:`binary_codes`,
-  :func:`binarize_params`, :func:`decay_mask` (the official name-based weight-decay groups, §2.5).
+  ``alpha`` leaf, ``siman.models``), :func:`project_params`, :func:`binary_codes`,
+  :func:`binarize_params`, :func:`decay_mask` (the official name-based weight-decay groups of
+  ``main.py``).
 """
 from __future__ import annotations
 
@@ -32,8 +37,11 @@ from common import transforms
 
 Path = Tuple[str, ...]
 
-PERCENT_MAX = 15.0           # §2.3: percent = 15 (1 - e / E)
+PERCENT_MAX = 15.0           # main.py: percent = 15 (1 - e / E)
 CODE_METHODS = ('median', 'sort')
+# The weight binarizers trained the SiMaN way (projection before every forward, percent schedule,
+# official decay rule): the magnitude code, and the centred-sign arm that isolates it.
+SIMAN_TRAINING = ('siman', 'centred_sign')
 DECAY_RULES = ('resnet', 'vgg')
 
 
@@ -41,7 +49,8 @@ DECAY_RULES = ('resnet', 'vgg')
 
 
 def percent_schedule(epoch: int, num_epochs: int, percent_max: float = PERCENT_MAX) -> float:
-  """``p(e) = percent_max * (1 - e / E)`` (spec §2.3; official ``15.0 * (1 - epoch / args.epochs)``).
+  """``p(e) = percent_max * (1 - e / E)`` (official ``main.py``:
+  ``15.0 * (1 - epoch / args.epochs)``).
 
   Args:
     epoch: 0-based epoch e, ``0 <= e < E``.
@@ -61,7 +70,7 @@ def percent_schedule(epoch: int, num_epochs: int, percent_max: float = PERCENT_M
   return float(percent_max) * (1.0 - epoch / num_epochs)
 
 
-# --- projection (§2.1 step 0) ---------------------------------------------------------------------
+# --- projection (the overwrite at the top of BinarizeConv2d.forward) -----------------------------
 
 
 def _out_axes(w: jax.Array) -> Tuple[int, ...]:
@@ -84,7 +93,7 @@ def percentile_of_sorted(sorted_x: jax.Array, q) -> jax.Array:
 
 
 def project(w: jax.Array, percent) -> jax.Array:
-  """The per-forward weight overwrite of SiMaN (spec §2.1 step 0).
+  """The per-forward weight overwrite of SiMaN (the top of ``BinarizeConv2d.forward``).
 
   ``wc = w - mean_c(w)``; L, H = the ``percent``-th and ``(100 - percent)``-th percentiles of
   ``|wc|`` over the *whole* tensor; returns ``sign(wc) * clip(|wc|, L, H)``. Small magnitudes are
@@ -106,16 +115,17 @@ def project(w: jax.Array, percent) -> jax.Array:
   return jnp.sign(wc) * jnp.clip(mag, lo, hi)
 
 
-# --- binary code and binarizer (§2.1 steps 1-5) ---------------------------------------------------
+# --- binary code and binarizer (the rest of BinarizeConv2d.forward) -----------------------------
 
 
 def standardized_magnitude(w: jax.Array) -> jax.Array:
-  """``X = |w2|``, ``w2 = (w - mean_c) / sqrt(var_c + 1e-5)`` (unbiased, not detached; §2.1 1-2)."""
+  """``X = |w2|``, ``w2 = (w - mean_c) / sqrt(var_c + 1e-5)`` (unbiased, not detached)."""
   return jnp.abs(binarize.standardize_per_channel(w, scale=1.0, eps=1e-5))
 
 
 def binary_code(w: jax.Array, method: str = 'median') -> jax.Array:
-  """SiMaN's code ``B in {0, 1}`` of a kernel ``[..., C_out]`` (spec §2.1 step 3), float32.
+  """SiMaN's code ``B in {0, 1}`` of a kernel ``[..., C_out]`` (the median branch of
+  ``BinarizeConv2d.forward``), float32.
 
   'median' (the default branch of the code): ``B = 1[X > median_c(X)]`` with the *lower* median
   (``torch.median``: sorted index ``(N - 1) // 2``), i.e. N/2 ones per channel for even N and
@@ -140,7 +150,7 @@ def binary_code(w: jax.Array, method: str = 'median') -> jax.Array:
 
 @jax.custom_vjp
 def straight_through_code(x: jax.Array, code: jax.Array) -> jax.Array:
-  """``2 code - 1`` forward, identity backward onto ``x`` (``X - X.detach() + (2B - 1)``, §2.1 5).
+  """``2 code - 1`` forward, identity backward onto ``x`` (``X - X.detach() + (2B - 1)``).
 
   ``x`` and ``code`` have the same shape; the code gets a zero cotangent.
   """
@@ -159,10 +169,11 @@ straight_through_code.defvjp(_stc_fwd, _stc_bwd)
 
 
 def siman_binarize(w: jax.Array, code: jax.Array | None = None, method: str = 'median'):
-  """SiMaN's binary kernel (spec §2.1 steps 1-5): ``[..., C_out] -> {-1, +1}``, same shape.
+  """SiMaN's binary kernel (``BinarizeConv2d.forward``): ``[..., C_out] -> {-1, +1}``, same shape.
 
   Forward: ``2B - 1`` where ``B`` is ``code`` (the stored code: eval uses the code of the last
-  training forward, §4 SiMaN 4) or, when None, :func:`binary_code` of ``w``. The sign of ``w`` is
+  training forward: the official ``B`` is a Parameter updated only when ``self.training``) or,
+  when None, :func:`binary_code` of ``w``. The sign of ``w`` is
   discarded: the larger-magnitude half of each output channel is +1, the rest -1.
   Backward: ``dL/dw = J_std(w)^T (g * sign(w2))`` — identity onto ``X = |w2|`` through the
   custom_vjp node, then ``|.|`` and the (non-detached) standardisation by autodiff; no window.
@@ -170,6 +181,29 @@ def siman_binarize(w: jax.Array, code: jax.Array | None = None, method: str = 'm
   if code is None:
     code = binary_code(w, method)
   return straight_through_code(standardized_magnitude(w), jax.lax.stop_gradient(code))
+
+
+def siman_activation(a: jax.Array, train: bool) -> jax.Array:
+  """SiMaN's activation binarizer: ``approx_sign((a - mean) / std)`` per sample, train *and* eval.
+
+  ``a [B, ...]``; mean and unbiased std over every axis but the batch, not detached
+  (``BinarizeConv2d.forward`` of lmbxmu/SiMaN). The mean subtraction changes the forward: the
+  sign threshold is each sample's own mean.
+  """
+  del train
+  return binarize.approx_sign(binarize.standardize_per_sample(a, subtract_mean=True))
+
+
+def centred_sign_binarize(w: jax.Array) -> jax.Array:
+  """The control that isolates SiMaN's code: ``sign(w2)``, ``w2`` the per-channel standardised
+  kernel (same sign as ``w - mean_c w``), identity STE onto ``w2``.
+
+  ``[..., C_out] -> {-1, +1}``, same shape. Backward ``dL/dw = J_std(w)^T g`` through the same
+  (not detached, unbiased, eps 1e-5) standardisation :func:`siman_binarize` uses; the only change
+  from SiMaN is the forward value: the sign of the centred weight instead of ``2B - 1`` (larger
+  half of the magnitudes -> +1), and correspondingly no ``|.|`` in the backward.
+  """
+  return binarize.sign_ste(binarize.standardize_per_channel(w, scale=1.0, eps=1e-5))
 
 
 # --- the paper's angle-alignment objective -------------------------------------------------------
@@ -212,7 +246,8 @@ def laplace_fit(x) -> Tuple[float, float]:
 def is_binary_kernel(params) -> transforms.Where:
   """Selector (for ``common.transforms``) of the binary conv kernels of ``params``.
 
-  A kernel is binary iff its module also holds an ``alpha`` leaf (``common.binarize.BinaryConv``);
+  A kernel is binary iff its module also holds an ``alpha`` leaf
+  (``common.models.bnn_layers.BinaryConv``);
   the full-precision stem, downsample convs and classifier have none.
   """
   binary_modules = {p[:-1] for p in transforms.select(params, lambda p, _: p[-1] == 'alpha')}
@@ -266,11 +301,11 @@ def decay_rule_for(model_name: str) -> str:
 
 
 def decay_mask(params, rule: str):
-  """SiMaN's weight-decay groups (spec §2.5), as the official name tests on the module path.
+  """SiMaN's weight-decay groups, as the official ``main.py`` name tests on the module path.
 
   The official ``main.py`` puts a parameter in the wd = 0 group iff its name contains both
   ``layer`` and ``conv`` (ResNets) or contains ``conv`` and no ``0`` (VGG). The parameter paths of
-  ``common.models.bnn_siman`` mirror the official names, so the same tests select exactly the
+  ``siman.models`` mirror the official names, so the same tests select exactly the
   block ``conv1`` / ``conv2`` kernels and alphas (ResNets; not the CIFAR ResNet-18 binarized
   ``shortcut_0``, nor the FP ``downsample_0``) and VGG ``conv1..5`` kernels and alphas; the stem,
   every BN, PReLU slopes, BN1d and the classifier are decayed.

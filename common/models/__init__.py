@@ -1,4 +1,4 @@
-"""The model zoo: plain linen CNNs configured by per-layer width lists (DESIGN.md, contracts).
+"""The model zoo: plain linen CNNs configured by per-layer width lists.
 
     model = get_model('resnet56', num_classes=10)                 # paper-default widths
     model = get_model('vgg16', 10, widths=[32, 32, 76, ...])      # DCFF compact VGG-16
@@ -10,23 +10,16 @@ momentum 0.9 (PyTorch 0.1), eps 1e-5, collection ``batch_stats``; the pooled fea
 JSON-serialisable ints / lists / dicts. Initialisers: see ``common.models.layers``.
 
 Registered families: ``resnet_cifar`` (resnet8..110, resnet32_wide), ``vgg`` (vgg11/13/16/19,
-vgg_tiny), ``resnet`` (resnet18/34/50), ``mobilenet_v1`` (+ _tiny), ``mobilenet_v2`` (+ _cifar),
-and the BNN variants of ``bnn_recu`` / ``bnn_siman`` (owned by the ReCU / SiMaN packages).
+vgg_tiny), ``resnet`` (resnet18/34/50), ``mobilenet_v1`` (+ _tiny), ``mobilenet_v2`` (+ _cifar).
+A paper package registers its own networks when it is imported (``import recu`` adds the
+``recu_*`` binary networks, ``import siman`` the ``siman_*`` ones, both built from
+``common.models.bnn_layers``); this package imports no paper package.
 """
-import importlib
-import importlib.util
-
 from common.models.registry import (MODELS, Entry, canonical_widths, default_widths, get_model,
                                     layer_specs, register)
 from common.models.specs import LayerSpec
 # Importing the model modules registers them.
 from common.models import mobilenet_v1, mobilenet_v2, resnet, resnet_cifar, vgg  # noqa: F401
-
-# The BNN zoo modules are written by other packages' engineers; they register themselves when
-# present. find_spec (not try/except ImportError) so that a real error inside them still surfaces.
-for _bnn in ('bnn_recu', 'bnn_siman'):
-  if importlib.util.find_spec(f'common.models.{_bnn}') is not None:
-    importlib.import_module(f'common.models.{_bnn}')
 
 __all__ = ['MODELS', 'Entry', 'LayerSpec', 'canonical_widths', 'default_widths', 'get_model',
            'layer_specs', 'register']

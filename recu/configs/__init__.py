@@ -1,1 +1,1 @@
-"""ReCU experiment configs: one per published run (spec binary-recu-siman.md §1.5, §3) + digits."""
+"""ReCU experiment configs: one per published run of the z-hXu/ReCU README + digits."""

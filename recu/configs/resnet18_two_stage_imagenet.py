@@ -1,5 +1,5 @@
 """ReCU two-stage (ReActNet-like) ResNet-18, stage 2, on ImageNet (imagenet_two-stage/run.sh;
-spec §1.4-1.5, README 66.4% top-1 vs ReActNet 65.9%).
+README 66.4% top-1 vs ReActNet 65.9%).
 
   python -m recu.train --config=recu/configs/resnet18_two_stage_imagenet.py \
       --workdir=runs/recu_2s_r18 --config.method.teacher_checkpoint=runs/resnet34_teacher \
@@ -11,11 +11,12 @@ last, cos, wins), no weight decay, loss = KD from a ResNet-34 teacher only (no l
 weights converted into one); the repo has no stage-1 recipe, so ``init_checkpoint`` (loaded
 strict=False) is optional.
 """
-from recu.configs.common import recu_config
+from recu.configs.recipes import recu_config
 
 
 def get_config():
-  c = recu_config('recu_resnet18_two_stage', 'imagenet2012', 256, 512, 256, 1e-3, 0.0, 'all',
+  c = recu_config(model='recu_resnet18_two_stage', dataset='imagenet2012', num_epochs=256,
+                  batch_size=512, eval_batch_size=256, lr=1e-3, weight_decay=0.0, decay_rule='all',
                   optimizer='adam')
   c.method.teacher_checkpoint = ''
   c.method.teacher_model = 'resnet34'

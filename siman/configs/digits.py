@@ -1,4 +1,4 @@
-"""SiMaN on the embedded digits set (the quick experiment's SiMaN arm; spec §6).
+"""SiMaN on the embedded digits set (the quick experiment's SiMaN arm, ``siman.quick``).
 
   python -m siman.train --config=siman/configs/digits.py --workdir=runs/siman_digits
 
@@ -34,7 +34,7 @@ def get_config():
   c.schedule.cosine_shift = 1        # as the official T_max = E - 4 after its 5 warm-up epochs
   c.schedule.warmup = 'per_epoch'
   c.schedule.warmup_epochs = 2
-  c.method = recipes.method_config('siman')
+  c.method = recipes.method_config(weight_binarizer='siman')
   c.progress_bar = False
   c.keep_checkpoints = 1
   return c

@@ -9,4 +9,4 @@ from siman.configs import recipes
 
 
 def get_config():
-  return recipes.cifar10('siman_resnet20')
+  return recipes.cifar10(model='siman_resnet20')

@@ -9,4 +9,4 @@ from siman.configs import recipes
 
 
 def get_config():
-  return recipes.imagenet('siman_resnet34')
+  return recipes.imagenet(model='siman_resnet34')

@@ -9,4 +9,4 @@ from siman.configs import recipes
 
 
 def get_config():
-  return recipes.cifar10('siman_vgg_small')
+  return recipes.cifar10(model='siman_vgg_small')

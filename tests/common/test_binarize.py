@@ -1,10 +1,12 @@
-"""Shared binarizers: each custom_vjp backward equals its closed form; standardisations match NumPy."""
+"""Shared binarizers: each custom_vjp backward equals its closed form; standardisations match NumPy;
+the binary layers of ``common.models.bnn_layers`` compute sign(x) * sign(W) * alpha."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from common import binarize as B
+from common.models import bnn_layers as BL
 
 
 X = jnp.array([-1.5, -1.0, -0.75, -0.25, 0.0, 0.3, 0.5, 0.99, 1.0, 2.0])
@@ -44,13 +46,6 @@ def test_standardize_per_sample():
     np.testing.assert_allclose(s[i], c / np.sqrt(c.var(ddof=1) + 1e-5), rtol=1e-4, atol=1e-6)
 
 
-def test_recu_activation_scales_gradient_window_only_in_training():
-  a = jnp.asarray(np.random.RandomState(2).randn(2, 3, 3, 2) * 3.0, jnp.float32)
-  np.testing.assert_array_equal(B.recu_activation(a, True), B.recu_activation(a, False))
-  g_eval = jax.grad(lambda x: jnp.sum(B.recu_activation(x, False)))(a)
-  np.testing.assert_allclose(g_eval, np.maximum(0, 2 - 2 * np.abs(np.asarray(a))), rtol=1e-6)
-
-
 def test_binary_conv_sees_binary_inputs_and_scales_by_alpha():
   seen = {}
 
@@ -59,7 +54,7 @@ def test_binary_conv_sees_binary_inputs_and_scales_by_alpha():
     seen['a'] = b
     return b
 
-  layer = B.BinaryConv(4, 3, act_binarizer=spy_sign, weight_binarizer=B.sign_ste,
+  layer = BL.BinaryConv(4, 3, act_binarizer=spy_sign, weight_binarizer=B.sign_ste,
                        alpha='uniform')
   x = jnp.asarray(np.random.RandomState(3).randn(2, 5, 5, 3), jnp.float32)
   v = layer.init(jax.random.PRNGKey(0), x)
@@ -89,9 +84,9 @@ def test_binary_dense_and_binary_kernel_paths():
     @nn.compact
     def __call__(self, x, train=False):
       x = nn.Conv(4, (3, 3), name='stem')(x)                      # full precision: no alpha
-      x = B.BinaryConv(4, act_binarizer=B.recu_activation, name='b1')(x, train)
+      x = BL.BinaryConv(4, act_binarizer=B.plain_activation, name='b1')(x, train)
       x = jnp.mean(x, axis=(1, 2))
-      return B.BinaryDense(3, act_binarizer=B.plain_activation, weight_binarizer=B.sign_ste,
+      return BL.BinaryDense(3, act_binarizer=B.plain_activation, weight_binarizer=B.sign_ste,
                            name='fc')(x, train)
 
   x = jnp.asarray(np.random.RandomState(4).randn(2, 5, 5, 2), jnp.float32)
@@ -100,7 +95,7 @@ def test_binary_dense_and_binary_kernel_paths():
   where = B.binary_kernel_where(v['params'])
   assert where(('fc', 'kernel'), None) and not where(('stem', 'kernel'), None)
   # BinaryDense alone: sign(x) @ sign(W) * alpha against NumPy.
-  layer = B.BinaryDense(3, act_binarizer=B.plain_activation, weight_binarizer=B.sign_ste)
+  layer = BL.BinaryDense(3, act_binarizer=B.plain_activation, weight_binarizer=B.sign_ste)
   h = jnp.asarray(np.random.RandomState(5).randn(4, 6), jnp.float32)
   vd = layer.init(jax.random.PRNGKey(1), h)
   k, a = np.asarray(vd['params']['kernel']), np.asarray(vd['params']['alpha'])

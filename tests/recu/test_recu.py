@@ -1,4 +1,5 @@
-"""ReCU unit tests: spec binary-recu-siman.md §5 (R1-R10) against closed forms / NumPy references."""
+"""ReCU unit tests against closed forms / NumPy references of z-hXu/ReCU
+``modules/binarized_modules.py: BinarizeConv2d.forward`` and the ``main.py`` tau update."""
 import math
 
 import flax.linen as nn
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from common import binarize
+from common.models import bnn_layers
 from common import models
 from common import train
 from recu import recu
@@ -17,7 +19,8 @@ S = 2.0 * math.sqrt(2.0)
 
 
 def np_standardize(w):
-  """NumPy reference of §1.1 steps 1-2 on an HWIO / [in, out] kernel (float64)."""
+  """NumPy reference of the standardisation ``(w - mean_c) / sqrt(var_c + 1e-5) * 2 sqrt 2`` on an
+  HWIO / [in, out] kernel (float64)."""
   w = np.asarray(w, np.float64)
   axes = tuple(range(w.ndim - 1))
   d = w - w.mean(axis=axes, keepdims=True)
@@ -26,7 +29,8 @@ def np_standardize(w):
 
 
 def np_grad(w, c, tau):
-  """Closed-form dL/dw of L = sum(c * b_w): J_std^T (c * 1[|w1| <= Q]) (spec §1.1 step 6, R5).
+  """Closed-form dL/dw of L = sum(c * b_w): J_std^T (c * 1[|w1| <= Q]) (clamp gradient, then
+  identity STE).
 
   For y = s d / sigma (d = x - mean x, sigma^2 = sum d^2 / (N-1) + eps) per channel:
   g_x = s/sigma (g - mean g) - s d (d . g) / ((N - 1) sigma^3).
@@ -41,9 +45,9 @@ def np_grad(w, c, tau):
   return S / sigma * (g - gm) - S * d * dg / ((n - 1) * sigma ** 3), np.abs(w1) > q
 
 
-# --- R1: tau schedule --------------------------------------------------------------------------
+# --- tau schedule ------------------------------------------------------------------------------
 
-def test_tau_schedule_spec_values():
+def test_tau_schedule_values():
   assert recu.tau_schedule(0, 600) == pytest.approx(0.85, abs=1e-5)
   assert recu.tau_schedule(150, 600) == pytest.approx(0.87314, abs=1e-5)
   assert recu.tau_schedule(300, 600) == pytest.approx(0.90286, abs=1e-5)
@@ -61,7 +65,7 @@ def test_tau_schedule_bad_input(args):
     recu.tau_schedule(*args)
 
 
-# --- R2 / hand-made layer: Q and the clamped share ---------------------------------------------
+# --- hand-made layer: Q and the clamped share --------------------------------------------------
 
 def test_q_on_hand_made_layer():
   w = np.array([[0.3, -1.0, 2.0], [0.1, 0.2, -0.5], [-0.4, 0.9, 0.0], [4.0, 0.0, 0.1],
@@ -75,7 +79,7 @@ def test_q_on_hand_made_layer():
         np.mean(np.abs(w1) > q_ref))
     np.testing.assert_allclose(np.asarray(recu.recu_clamp(jnp.asarray(w), tau)),
                                np.clip(w1, -q_ref, q_ref), rtol=1e-5, atol=1e-5)
-  # Laplace sanity values of -ln(2 - 2 tau) (spec §1.1).
+  # Laplace quantiles: -ln(2 - 2 tau) = 1.2040 / 1.6094 / 3.9120 at tau = .85 / .90 / .99.
   for tau, v in ((0.85, 1.2040), (0.9, 1.6094), (0.99, 3.9120)):
     assert -math.log(2 - 2 * tau) == pytest.approx(v, abs=1e-4)
   assert float(recu.clamp_threshold(recu.standardize(jnp.asarray(w)), 1.0)) == np.inf
@@ -90,7 +94,7 @@ def test_clamped_fraction_laplace_and_gaussian(tau, gauss):
   assert float(recu.dead_fraction(jnp.asarray(gau), tau)) == pytest.approx(gauss, abs=0.003)
 
 
-# --- R3 / R4 / R5 / R6: forward, gradient, standardisation -------------------------------------
+# --- forward, gradient, standardisation --------------------------------------------------------
 
 @pytest.fixture(scope='module')
 def kernel():
@@ -115,7 +119,7 @@ def test_gradient_closed_form(kernel, tau):
   if tau <= 0.9:
     assert clamped.any()   # the check covers the zeroed entries, not only the identity part
   elif tau == 1.0:
-    assert not clamped.any()   # R4: tau = 1 -> Q = inf, mask all ones
+    assert not clamped.any()   # tau = 1 -> Q = inf, mask all ones
 
 
 def test_gradient_zero_on_clamped_entry_direct_term(kernel):
@@ -144,6 +148,16 @@ def test_standardization_stats(kernel):
                              S * sigma / np.sqrt(sigma ** 2 + 1e-5), rtol=1e-5)
 
 
+# --- the activation binarizer ------------------------------------------------------------------
+
+def test_recu_activation_scales_gradient_window_only_in_training():
+  a = jnp.asarray(np.random.RandomState(2).randn(2, 3, 3, 2) * 3.0, jnp.float32)
+  np.testing.assert_array_equal(recu.recu_activation(a, True), recu.recu_activation(a, False))
+  g_eval = jax.grad(lambda x: jnp.sum(recu.recu_activation(x, False)))(a)
+  np.testing.assert_allclose(g_eval, np.maximum(0, 2 - 2 * np.abs(np.asarray(a))), rtol=1e-6)
+
+
+
 # --- diagnostics -------------------------------------------------------------------------------
 
 def test_weight_entropy_and_quantization_error():
@@ -169,7 +183,7 @@ def test_kd_loss_numpy():
   assert float(recu_train.kd_loss(jnp.asarray(s), jnp.asarray(t))) == pytest.approx(ref, rel=1e-5)
 
 
-# --- models: R9, shortcut, BN init, binary vs FP layers ----------------------------------------
+# --- models: parameter count, shortcut, BN init, binary vs FP layers ---------------------------
 
 def _shapes(name, widths, hw=32, **kw):
   m = models.get_model(name, 10, widths=widths, **kw)
@@ -190,18 +204,18 @@ def test_resnet20_param_count():
 
 
 def test_avgpool_pad_shortcut_numpy():
-  from common.models import bnn_recu
+  from recu import models as recu_models
   x = np.random.default_rng(4).normal(size=(2, 4, 4, 4)).astype(np.float32)
-  y = np.asarray(bnn_recu.avgpool_pad_shortcut(jnp.asarray(x), 8, 2))   # 8 // 4 = 2 zeros a side
+  y = np.asarray(recu_models.avgpool_pad_shortcut(jnp.asarray(x), 8, 2))   # 8 // 4 = 2 zeros a side
   ref = x.reshape(2, 2, 2, 2, 2, 4).mean(axis=(2, 4))
   ref = np.concatenate([np.zeros((2, 2, 2, 2)), ref, np.zeros((2, 2, 2, 2))], axis=-1)
   np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match='planes'):
-    bnn_recu.avgpool_pad_shortcut(jnp.asarray(x), 5, 2)
+    recu_models.avgpool_pad_shortcut(jnp.asarray(x), 5, 2)
 
 
 def test_imagenet_bn_gamma_init():
-  m = models.get_model('recu_resnet18', 10, widths=[4, 8, 16, 32])
+  m = models.get_model('recu_resnet18', 10, widths={'stem': 4, 'stages': [4, 8, 16, 32]})
   v = jax.jit(lambda x: m.init(jax.random.PRNGKey(0), x, train=False))(jnp.zeros((1, 32, 32, 3)))
   scales = {'/'.join(k.key for k in p): x for p, x in
             jax.tree_util.tree_leaves_with_path(v['params']) if p[-1].key == 'scale'}
@@ -213,7 +227,7 @@ def test_imagenet_bn_gamma_init():
 
 @pytest.fixture(scope='module')
 def r18_params():
-  _, v = _shapes('recu_resnet18', [4, 8, 16, 32], hw=64)
+  _, v = _shapes('recu_resnet18', {'stem': 4, 'stages': [4, 8, 16, 32]}, hw=64)
   return v['params']
 
 
@@ -248,7 +262,7 @@ class _Recorder:
 def test_binary_layers_see_only_pm1_and_fp_stem_classifier():
   """Every BinaryConv multiplies {-1,+1} activations by {-1,+1} weights; the stem conv and the
   classifier run on the unbinarized float parameters."""
-  m = models.get_model('recu_resnet20', 10, widths=[4, 8, 16])
+  m = models.get_model('recu_resnet20', 10, widths={'stem': 4, 'stages': [4, 8, 16]})
   x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 32, 32, 3)), jnp.float32)
   v = jax.jit(lambda x: m.init(jax.random.PRNGKey(0), x, train=False))(x)
   eff = recu_train.binarize_params(v['params'], jnp.float32(0.9))
@@ -256,7 +270,7 @@ def test_binary_layers_see_only_pm1_and_fp_stem_classifier():
 
   def conv_spy(next_fun, args, kwargs, context):
     mod = context.module
-    if isinstance(mod, binarize.BinaryConv) and context.method_name == '__call__':
+    if isinstance(mod, bnn_layers.BinaryConv) and context.method_name == '__call__':
       assert mod.act_binarizer is not None and mod.alpha is not None
       seen.append(('binary', np.asarray(mod.act_binarizer(args[0], True)),
                    np.asarray(mod.get_variable('params', 'kernel'))))
@@ -280,15 +294,15 @@ def test_binary_layers_see_only_pm1_and_fp_stem_classifier():
 
 
 def test_binary_false_is_full_precision():
-  _, v = _shapes('recu_resnet20', [4, 8, 16], binary=False)
+  _, v = _shapes('recu_resnet20', {'stem': 4, 'stages': [4, 8, 16]}, binary=False)
   assert binarize.binary_kernel_paths(v['params']) == []
 
 
 def test_every_zoo_model_builds_and_runs():
-  for name, w, hw in [('recu_resnet18_cifar', [4, 8, 16, 32], 32),
+  for name, w, hw in [('recu_resnet18_cifar', {'stem': 4, 'stages': [4, 8, 16, 32]}, 32),
                       ('recu_vgg_small', [8, 8, 16, 16, 32, 32], 32),
-                      ('recu_resnet34', [4, 8, 16, 32], 64),
-                      ('recu_resnet34_two_stage', [4, 8, 16, 32], 64)]:
+                      ('recu_resnet34', {'stem': 4, 'stages': [4, 8, 16, 32]}, 64),
+                      ('recu_resnet34_two_stage', {'stem': 4, 'stages': [4, 8, 16, 32]}, 64)]:
     m, v = _shapes(name, w, hw=hw)
     n_bin = len(binarize.binary_kernel_paths(v['params']))
     assert n_bin == {'recu_resnet18_cifar': 16, 'recu_vgg_small': 5, 'recu_resnet34': 32,
@@ -296,8 +310,8 @@ def test_every_zoo_model_builds_and_runs():
     out = jax.eval_shape(lambda: m.apply(jax.tree.map(jnp.zeros_like, v),
                                          jnp.zeros((2, hw, hw, 3)), train=False))
     assert out.shape == (2, 10)
-  with pytest.raises(ValueError, match='act'):
-    models.get_model('recu_resnet20', 10, act='tanh').init(
+  with pytest.raises(ValueError, match='act_binarizer'):
+    models.get_model('recu_resnet20', 10, act_binarizer='tanh').init(
         jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
 
 
@@ -334,11 +348,11 @@ def test_overlay_is_strict_false():
 def test_kd_forward_and_loss_use_the_frozen_teacher():
   from recu.configs import digits
   c = digits.get_config()
-  c.model.widths = [4, 8, 16]
+  c.model.widths = {'stem': 4, 'stages': [4, 8, 16]}
   meth = recu_train.ReCU(c)
   meth.setup(train.RunInfo(num_classes=10, image_shape=(32, 32, 3)))
   student = meth.build_model()
-  teacher = models.get_model('recu_resnet20', 10, widths=[4, 8, 16], binary=False)
+  teacher = models.get_model('recu_resnet20', 10, widths={'stem': 4, 'stages': [4, 8, 16]}, binary=False)
   meth._teacher = teacher
   x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 32, 32, 3)), jnp.float32)
   sv = jax.jit(lambda x: student.init(jax.random.PRNGKey(0), x, train=False))(x)

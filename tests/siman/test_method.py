@@ -1,6 +1,6 @@
 """The SiMaN ``common.train`` hooks (siman/train.py): the per-forward projection as explicit steps
 on the parameter tree (post_step, epoch_start with the replayed validation projections), the code
-B as state written by the training forward and read (stale) by eval (spec §2.1, §4 SiMaN 1/4, S8),
+B as state written by the training forward and read (stale) by eval, as the official Parameter B,
 the sign-STE control, the decay mask and config errors. NumPy references are written here."""
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import binarize
+from common.models import bnn_layers
 from common import train
 from common import transforms
 from siman import siman
@@ -84,7 +84,7 @@ def forward_and_kernels(m, model, params, batch_stats, train_mode):
       seen = []
 
       def spy(next_fun, args, kwargs, context):
-        if isinstance(context.module, binarize.BinaryConv) and context.method_name == '__call__':
+        if isinstance(context.module, bnn_layers.BinaryConv) and context.method_name == '__call__':
           seen.append(context.module.variables['params']['kernel'])
         return next_fun(*args, **kwargs)
 
@@ -109,7 +109,7 @@ def test_initial_codes_and_extra(setup):
 
 
 def test_train_forward_writes_code_and_eval_uses_the_stale_one(setup):
-  # S8: train with w, then eval with w' != w: the eval kernel is the old 2B - 1, B unchanged.
+  # Train with w, then eval with w' != w: the eval kernel is the old 2B - 1, B unchanged.
   m, model, v = setup
   params = v['params']
   (_, bs_train, _), seen = forward_and_kernels(m, model, params, v['batch_stats'], True)
@@ -189,9 +189,10 @@ def test_decay_masks_of_the_arms(setup):
   off = {transforms.path_str(p) for p, d in transforms.select(mask, lambda p, l: True).items()
          if not d}
   assert off == {f'conv{i}/{leaf}' for i in range(1, 6) for leaf in ('kernel', 'alpha')}
-  assert make(decay='all').decay_mask(v['params']) is None
+  assert make(decay_rule='all').decay_mask(v['params']) is None
   c = digits.get_config()
-  c.method = recipes.method_config('sign_ste')       # the controls decay every parameter
+  # The controls decay every parameter.
+  c.method = recipes.method_config(weight_binarizer='sign_ste')
   assert SiMaN(c).decay_mask(v['params']) is None
 
 
@@ -211,11 +212,43 @@ def test_sign_ste_control_binarizes_by_sign_with_identity_gradient(setup):
   assert m.init_extra(v['params'], v['batch_stats'], None) == {}
 
 
+def test_centred_sign_arm_keeps_siman_training_and_binarizes_by_centred_sign(setup):
+  """The control isolating the code: forward sign(w - mean_c w), backward identity onto the
+  standardised weight (closed form below), SiMaN's projection state and decay rule, no code."""
+  _, _, v = setup
+  m = make(weight_binarizer='centred_sign')
+  assert m.projects and m.decay_rule == 'official'
+  extra = m.init_extra(v['params'], {}, None)
+  assert set(extra) == {'percent'}
+  eff = m.effective_params(v['params'], extra)
+  for p, w in binary_kernels(v['params']).items():
+    w = np.asarray(w)
+    np.testing.assert_array_equal(np.asarray(transforms.get_path(eff, p)),
+                                  np.sign(w - w.mean(axis=(0, 1, 2), keepdims=True)))
+  g = np.random.RandomState(7).randn(*v['params']['conv3']['kernel'].shape).astype(np.float32)
+  grad = jax.grad(lambda prm: jnp.sum(m.effective_params(prm, extra)['conv3']['kernel'] * g))(
+      v['params'])['conv3']['kernel']
+  # d = w - mean, s = sqrt(sum d^2 / (N - 1) + eps), w2 = d / s:
+  # dL/dd_j = g_j / s - (sum_i g_i d_i) d_j / ((N - 1) s^3); dL/dw = dL/dd - mean(dL/dd).
+  w = np.asarray(v['params']['conv3']['kernel'], np.float64).reshape(-1, g.shape[-1])
+  gg = g.astype(np.float64).reshape(w.shape)
+  n = w.shape[0]
+  d = w - w.mean(0)
+  sd = np.sqrt((d ** 2).sum(0) / (n - 1) + 1e-5)
+  dd = gg / sd - (gg * d).sum(0) * d / ((n - 1) * sd ** 3)
+  np.testing.assert_allclose(np.asarray(grad).reshape(w.shape), dd - dd.mean(0), rtol=1e-3,
+                             atol=1e-4)
+  new, _ = m.post_step(v['params'], {'percent': jnp.float32(10.0)}, 0)
+  w = np.asarray(v['params']['conv3']['kernel'])
+  np.testing.assert_allclose(np.asarray(new['conv3']['kernel']), np_project(w, 10.0), rtol=1e-5,
+                             atol=1e-6)
+
+
 def test_bad_method_config():
   with pytest.raises(train.UserError, match='sign_ste'):
     make(weight_binarizer='xnor')
   with pytest.raises(train.UserError, match='official'):
-    make(decay='bn_only')
+    make(decay_rule='bn_only')
   with pytest.raises(train.UserError, match=r'\[0, 50\]'):
     make(percent_max=70.0)
   with pytest.raises(train.UserError, match='eval_projections'):

@@ -1,6 +1,6 @@
-"""The SiMaN BNN zoo (``common.models.bnn_siman``; spec binary-recu-siman.md §0, §2.4, §2.5, §5 S9-S10):
+"""The SiMaN BNN zoo (``siman.models``, lmbxmu/SiMaN ``models_cifar/``, ``models_imagenet/``):
 binary layers compute with {-1, +1} weights and activations only, the stem / classifier (and
-ImageNet downsample) stay full precision, the weight-decay groups are exactly the spec's sets
+ImageNet downsample) stay full precision, the weight-decay groups are exactly the official sets
 (written out by hand here, not derived from the rule), alpha starts at ~0.5 / sqrt(N)."""
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import binarize
+from common.models import bnn_layers
 from common import models
 from common import transforms
 from siman import siman
@@ -36,11 +36,12 @@ def paths_of(tree, pred):
           if pred(p, leaf)}
 
 
-# --- S10: exact weight-decay sets, written out per model --------------------------------------
+# --- exact weight-decay sets, written out per model -----------------------------------------------
 
 
 def expected_no_decay(name):
-  """Spec §2.5: the block conv1/conv2 kernels and alphas of every residual block; VGG conv1..5."""
+  """``main.py``'s wd = 0 group: the block conv1/conv2 kernels and alphas of every residual block;
+  VGG conv1..5."""
   if name == 'siman_vgg_small':
     return {f'conv{i}/{leaf}' for i in range(1, 6) for leaf in ('kernel', 'alpha')}
   return {f'layer{s + 1}_{b}/conv{c}/{leaf}' for s, n in enumerate(BLOCKS[name])
@@ -54,7 +55,7 @@ def test_decay_mask_is_exactly_the_official_sets(name):
   no_decay = paths_of(mask, lambda p, m: not m)
   assert no_decay == expected_no_decay(name)
   decayed = paths_of(mask, lambda p, m: m)
-  # Named in the spec as decayed: stem conv, BN, PReLU slopes, BN1d, classifier, FP downsample,
+  # Decayed by the name rule: stem conv, BN, PReLU slopes, BN1d, classifier, FP downsample,
   # the CIFAR ResNet-18 binarized shortcut.
   must = {'siman_resnet20': ['conv1/kernel', 'bn1/scale', 'bn2/scale', 'linear/kernel',
                              'linear/bias', 'layer1_0/nonlinear1/negative_slope',
@@ -78,7 +79,7 @@ def test_decay_mask_bad_rule():
     siman.decay_mask(shapes('siman_resnet20'), 'mobilenet')
 
 
-# --- which layers are binary -------------------------------------------------------------------
+# --- which layers are binary ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
@@ -90,14 +91,14 @@ def test_stem_and_classifier_stay_full_precision(name):
     return
   expect = {f'layer{s + 1}_{b}/conv{c}' for s, n in enumerate(BLOCKS[name]) for b in range(n)
             for c in (1, 2)}
-  if name == 'siman_resnet18_cifar':   # the binarized 1x1 shortcut convs (spec §2.4)
+  if name == 'siman_resnet18_cifar':   # the binarized 1x1 shortcut convs (resnet2.py shortcut)
     expect |= {f'layer{s}_0/shortcut_0' for s in (2, 3, 4)}
   assert binary == expect
   assert 'conv1' not in binary and 'linear' not in binary and 'fc' not in binary
   assert not any('downsample' in b for b in binary)   # ImageNet downsample is FP
 
 
-# --- binary layers see only +-1 ------------------------------------------------------------------
+# --- binary layers see only +-1 -------------------------------------------------------------------
 
 
 def random_variables(model, seed=1):
@@ -141,8 +142,8 @@ def captured():
         y = next_fun(*args, **kwargs)
         mod = context.module
         if context.method_name == '__call__' and isinstance(
-            mod, (binarize.BinaryConv, nn.Conv, nn.Dense)):
-          binary = isinstance(mod, binarize.BinaryConv)
+            mod, (bnn_layers.BinaryConv, nn.Conv, nn.Dense)):
+          binary = isinstance(mod, bnn_layers.BinaryConv)
           if len(meta) < len(arrays) + 1:
             meta.append(Call(binary, mod.name, getattr(mod, 'strides', None)))
           p = mod.variables['params']
@@ -168,10 +169,10 @@ def test_binary_layers_compute_with_pm1_only(name, captured):
       continue
     n_binary += 1
     np.testing.assert_array_equal(np.abs(kernel), 1.0)           # weights in {-1, +1}
-    # SiMaN activation (spec §2.2), written here: sign((a - mean) / std) per sample.
+    # SiMaN activation, written here: sign((a - mean) / std) per sample.
     xb = np.sign(x - x.mean(axis=(1, 2, 3), keepdims=True))
     np.testing.assert_array_equal(np.abs(xb), 1.0)
-    # The layer's output is the conv of those two +-1 tensors times alpha (spec R8 / §0).
+    # The layer's output is the conv of those two +-1 tensors times alpha.
     k = kernel.shape[0]
     ref = jax.lax.conv_general_dilated(jnp.asarray(xb), jnp.asarray(kernel), (mod.strides,) * 2
                                        if isinstance(mod.strides, int) else mod.strides,
@@ -202,12 +203,12 @@ def test_forward_weight_is_2b_minus_1_of_each_kernel(captured):
     np.testing.assert_array_equal(kernel.reshape(flat.shape), ref)
 
 
-# --- S9 alpha init, R9-style parameter count --------------------------------------------------------
+# --- alpha init, parameter count ------------------------------------------------------------------
 
 
 def test_alpha_init_is_mean_abs_of_pytorch_default():
-  # N = 3 * 3 * 128 = 1152: mean |U(-1/sqrt N, 1/sqrt N)| = 0.5 / sqrt N (spec S9).
-  conv = binarize.BinaryConv(8, 3, act_binarizer=None, alpha='mean_abs_default')
+  # N = 3 * 3 * 128 = 1152: mean |U(-1/sqrt N, 1/sqrt N)| = 0.5 / sqrt N.
+  conv = bnn_layers.BinaryConv(8, 3, act_binarizer=None, alpha='mean_abs_default')
   v = conv.init(jax.random.PRNGKey(2), jnp.zeros((1, 4, 4, 128)))
   alpha = np.asarray(v['params']['alpha'])
   np.testing.assert_allclose(alpha, 0.5 / np.sqrt(1152), rtol=0.05)

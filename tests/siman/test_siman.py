@@ -1,4 +1,4 @@
-"""SiMaN's weight binarization (spec binary-recu-siman.md §2, unit-testable properties S1-S7),
+"""SiMaN's weight binarization (lmbxmu/SiMaN ``BinarizeConv2d.forward``, ``main.py``),
 checked against NumPy references written here (np.percentile, argsort, the closed-form Jacobian of
 the per-channel standardisation) and brute force."""
 import itertools
@@ -34,7 +34,7 @@ def rand(shape, seed, dist='normal'):
   return (x * 0.05 + r.randn(shape[-1]) * 0.02).astype(np.float32)
 
 
-# --- S1 / S2: the code B and the forward value --------------------------------------------------
+# --- the code B and the forward value -------------------------------------------------------------
 
 
 @pytest.mark.parametrize('shape', [(3, 3, 4, 6), (3, 3, 3, 5), (1, 1, 8, 3)])
@@ -54,12 +54,12 @@ def test_code_marks_the_larger_magnitude_half_of_each_channel(shape):
   np.testing.assert_array_equal(bw, 2 * ref - 1)         # exactly 2B - 1
   assert set(np.unique(bw)) == {-1.0, 1.0}
   if n % 2 == 0:
-    np.testing.assert_array_equal(bw.sum(0), 0)          # S2: each channel sums to 0
+    np.testing.assert_array_equal(bw.sum(0), 0)          # each channel sums to 0
 
 
 def test_code_uses_lower_median_on_ties():
   # N = 6, centred magnitudes 3,1,1,1,1,3: torch.median gives the lower middle (1), so only the
-  # strictly larger entries are 1 -> 2 ones, fewer than N/2 (spec §4 SiMaN 2).
+  # strictly larger entries are 1 -> 2 ones, fewer than N/2 (torch.median + ``>``).
   w = np.array([-3.0, -1.0, 1.0, 1.0, -1.0, 3.0], np.float32).reshape(1, 1, 6, 1)
   b = np.asarray(siman.binary_code(jnp.asarray(w), 'median')).ravel()
   np.testing.assert_array_equal(b, [1, 0, 0, 0, 0, 1])
@@ -83,7 +83,7 @@ def test_stored_code_is_used_as_given():
       np.asarray(siman.siman_binarize(jnp.asarray(w), jnp.asarray(code))), 2 * code - 1)
 
 
-# --- S4: the straight-through backward equals its closed form -------------------------------------
+# --- the straight-through backward equals its closed form -----------------------------------------
 
 
 def closed_form_grad(w, g):
@@ -129,7 +129,7 @@ def test_straight_through_node():
   np.testing.assert_array_equal(gc, np.zeros(5))
 
 
-# --- S5 / S6: projection and percent schedule -------------------------------------------------------
+# --- projection and percent schedule --------------------------------------------------------------
 
 
 @pytest.mark.parametrize('n', [7, 100, 1153])
@@ -173,7 +173,7 @@ def test_percent_schedule():
     siman.percent_schedule(0, 10, percent_max=60.0)
 
 
-# --- the paper's angle objective ---------------------------------------------------------------------
+# --- the paper's angle objective ------------------------------------------------------------------
 
 
 def test_angle_alignment_k_is_the_brute_force_optimum():
@@ -211,16 +211,16 @@ def test_laplace_fit():
     siman.laplace_fit([])
 
 
-# --- S7: the activation binarizer SiMaN uses -------------------------------------------------------
+# --- the activation binarizer SiMaN uses ----------------------------------------------------------
 
 
 def test_siman_activation_thresholds_at_the_sample_mean():
   a = np.abs(np.random.RandomState(13).randn(2, 4, 4, 3)).astype(np.float32) + 0.5   # a > 0
-  out = np.asarray(binarize.siman_activation(jnp.asarray(a), True))
+  out = np.asarray(siman.siman_activation(jnp.asarray(a), True))
   ref = np.sign(a - a.mean(axis=(1, 2, 3), keepdims=True))
   np.testing.assert_array_equal(out, ref)
   assert (out > 0).any() and (out < 0).any()          # differs from sign(a) == +1 everywhere
-  np.testing.assert_array_equal(np.asarray(binarize.siman_activation(jnp.asarray(a), False)), out)
+  np.testing.assert_array_equal(np.asarray(siman.siman_activation(jnp.asarray(a), False)), out)
 
 
 def test_bad_code_method():

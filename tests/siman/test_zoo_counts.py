@@ -1,5 +1,5 @@
-"""Sizes and costs of the SiMaN BNN zoo (common/models/bnn_siman.py, spec §2.4): parameter counts
-of every published model against closed forms written out here, the ImageNet BN gamma init, and
+"""Sizes and costs of the SiMaN BNN zoo (siman/models.py, lmbxmu/SiMaN ``models_*``): parameter
+counts of every published model against closed forms written out here, the ImageNet BN gamma init, and
 the op / bit accounting of siman.accounting. (Binary-layer behaviour, decay sets and alpha init
 are in test_models.py.)"""
 import flax.linen as nn
