@@ -736,13 +736,26 @@ class Engine:
         out[f'{prefix}test_{k}'] = v / count
     return out
 
+  def _eval_rows(self, rows: int) -> int:
+    """Padded size of an eval batch of ``rows`` rows: the full size, or for the last, partial
+    batch of a single-process run the smallest ``full / 2^k`` (a multiple of the device count)
+    that holds it, so that padding wastes at most half a batch of compute at the cost of one more
+    compilation per size. Multi-process runs keep one size, so that every process runs the same
+    collectives."""
+    size = self.local_eval_rows
+    if self.nproc > 1:
+      return size
+    while size % 2 == 0 and (size // 2) % self.ndev == 0 and size // 2 >= max(rows, 1):
+      size //= 2
+    return size
+
   def _eval_sums(self, rstate, dataset, inputs):
     p_eval = self.eval_step_fn()
     arrays, static = _split_inputs(inputs)
     sums = None
     for batch in dataset.batches(self.eval_batch_size, epoch=0, train=False, drop_remainder=False,
                                  process_index=jax.process_index(), process_count=self.nproc):
-      b = shard(pad_batch(batch, self.local_eval_rows), self.ndev)
+      b = shard(pad_batch(batch, self._eval_rows(len(batch['label']))), self.ndev)
       if arrays:
         b['method'] = _replicate_inputs(arrays, self.ndev)
       out = p_eval(rstate, b, static)

@@ -457,3 +457,19 @@ def test_staged_run_killed_in_second_stage_resumes_to_same_metrics(tmp_path):
   for ra, rb in zip(a, b):
     assert ra['train_loss'] == rb['train_loss'] and ra['test_top1'] == rb['test_top1']
   assert ref.stdout.split('TOP1')[-1] == resumed.stdout.split('TOP1')[-1]
+
+
+def test_partial_eval_batch_padded_to_a_smaller_bucket_same_metrics(monkeypatch):
+  use_toy_data(monkeypatch)
+  c = toy_config(1)
+  c.dataset.eval_batch_size = 256
+  engine = train.Engine(c, ToyMethod(c))
+  assert [engine._eval_rows(r) for r in (256, 200, 128, 30, 1)] == [256, 256, 128, 32, 1]
+  state = engine.create_state()
+  bucketed = engine.evaluate(state)
+  engine._eval_rows = lambda rows: engine.local_eval_rows   # pad to the full batch, as before
+  engine._p_eval = None
+  full = engine.evaluate(state)
+  assert bucketed.keys() == full.keys()
+  for k in full:
+    assert bucketed[k] == pytest.approx(full[k], abs=1e-6)
