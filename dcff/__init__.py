@@ -1,6 +1,6 @@
 """Dynamic-Coded Filter Fusion (Lin et al., "Training Compact CNNs for Image Classification using
 Dynamic-coded Filter Fusion", TPAMI; official code lmbxmu/DCFF), as the official code does it
-(spec ``shared/papers/pruning-dcff-1xn-whitebox-jackpot.md`` §1).
+(Lin et al., TPAMI; official code lmbxmu/DCFF).
 
 Functional API (per layer: HWIO kernels ``[k, k, C_in, C]``; see each docstring)::
 

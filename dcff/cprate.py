@@ -1,6 +1,6 @@
 """``cprate`` strings and the compact widths they give, as the official DCFF scripts compute them.
 
-Spec ``pruning-dcff-1xn-whitebox-jackpot.md`` §1.4 (``main_cifar.py`` / ``main_imagenet.py``):
+The official ``cprate`` rules (``main_cifar.py`` / ``main_imagenet.py``):
 
 * the ``--cprate`` string is a Python list expression such as ``'[0.5]*2+[0.4]*2+[0.85]*6'``
   that the code ``eval``-s; :func:`parse_cprate` evaluates the same grammar (number lists, ``+``,
@@ -26,7 +26,7 @@ from typing import List, Sequence, Tuple, Union
 
 from common import models
 
-# The README cprate of every published run (spec §1.4-§1.6).
+# The README cprate of every published run (README commands).
 README_CPRATES = {
     'vgg16': '[0.5]*2+[0.4]*2+[0.35]*3+[0.85]*6',
     'resnet56': ('[0.7]*2+[0.5]*3+[0.3]*2+[0.4]+[0.8]+ [0.7]*2+[0.8]*4+[0.4]+[0.2]*2+[0.7]+[0.3]'

@@ -1,5 +1,5 @@
 """The exported compact DCFF model: save, load and evaluate it alone (official
-``test_compact_model.py``; spec §1.2 "Export").
+``test_compact_model.py``; ``test_compact_model.py``'s compact copy).
 
   python -m dcff.evaluate --workdir=runs/dcff_digits [--data_dir=DIR]
 

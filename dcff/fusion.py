@@ -1,6 +1,6 @@
 """Dynamic-coded filter fusion: the per-layer math of DCFF as the official code does it.
 
-Spec ``shared/papers/pruning-dcff-1xn-whitebox-jackpot.md`` §1.2-§1.3 (official ``main_cifar.py`` /
+As the official code computes it (lmbxmu/DCFF ``main_cifar.py`` /
 ``main_imagenet.py`` of lmbxmu/DCFF and ``models/*/fuse_modules.py``).
 
 Per fused conv layer with ``C`` original filters (HWIO kernel ``[k, k, C_in, C]``) and ``m`` kept
@@ -22,7 +22,7 @@ The scoring (steps 1-6) is host-side NumPy, once per epoch: it reproduces the of
 would move the underflow threshold). The fusion (step 7) is a jnp function traced into the train
 step.
 
-Float32 faithful mode (default) keeps the official numerics, including the fact (spec §1.3) that
+Float32 faithful mode (default) keeps the official numerics, including the fact (in float32 ``exp(-D T)`` underflows from epoch 1, every later score vector is NaN and the epoch-0 scores are kept) that
 from epoch 1 on ``exp(-D*T)`` underflows, every score vector is NaN and the epoch-0 selection is
 kept for the whole run. The ``'dynamic'`` score mode is an ablation that keeps the selection
 dynamic: it scores in float64 with a log-space (stable) KL at ``min(T(e), score_temperature_cap)``;
@@ -50,7 +50,7 @@ SCORE_MODES = ('faithful', 'dynamic')
 
 def temperature(epoch: int, num_epochs: int, t_start: float = T_START, t_end: float = T_END,
                 k: float = T_K) -> float:
-  """The temperature ``T(e)`` of epoch ``epoch`` (spec §1.2 step 2; official code, in float64).
+  """The temperature ``T(e)`` of epoch ``epoch`` (step 2 of the per-epoch update in lmbxmu/DCFF ``main_cifar.py``; official code, in float64).
 
   ``A = 2 (T_e - T_s)(1 + exp(-k E)) / (1 - exp(-k E))``, ``T(e) = A / (1 + exp(-k e)) + T_s - A/2``,
   so ``T(0) = T_s``, ``T(E) = T_e`` and T increases monotonically (saturating within ~10 epochs for
@@ -81,7 +81,7 @@ def filter_matrix(kernel) -> np.ndarray:
   """Flattened filters ``F [C, d]`` of an HWIO kernel ``[k, k, C_in, C]`` (``d = k*k*C_in``).
 
   The flattening order differs from PyTorch's ``[C, C_in, k, k]`` reshape, which does not matter:
-  only Euclidean distances between rows are used (spec §1.2).
+  only Euclidean distances between rows are used (lmbxmu/DCFF ``main_cifar.py``).
   """
   w = np.asarray(kernel)
   if w.ndim < 2:
@@ -98,7 +98,7 @@ def distances64(filters) -> np.ndarray:
 
   scipy's ``cdist`` as the code calls it, except for large layers (``C^2 d > 2^27``, e.g. the
   2048-filter ResNet-50 convs where single-threaded ``cdist`` takes ~0.7 s per layer): there a
-  float64 BLAS Gram product, clamped at 0 with an exactly-zero diagonal (spec §1.8), which equals
+  float64 BLAS Gram product, clamped at 0 with an exactly-zero diagonal (a float64 Gram product instead of scipy ``cdist``), which equals
   ``cdist`` after the cast to float32 except for near-duplicate filters (``D < ~1e-4 |F|``).
   """
   f = np.asarray(filters, np.float64)
@@ -127,7 +127,7 @@ def _check_t(t) -> float:
 
 def similarity_distribution(kernel, t: float, *, distances: Optional[np.ndarray] = None
                             ) -> np.ndarray:
-  """Inter-similarity distribution ``P [C, C]`` float32 at temperature ``t`` (spec §1.2 step 3).
+  """Inter-similarity distribution ``P [C, C]`` float32 at temperature ``t`` (step 3 of the per-epoch update in lmbxmu/DCFF ``main_cifar.py``).
 
   ``P[j, :] = softmax_g(-D[j, g] * t)``. The code writes ``softmax(-D / (1/T))`` in float32 with a
   max-subtracted softmax; that arithmetic (and therefore which entries underflow to exactly 0) is
@@ -167,7 +167,7 @@ def kl_matrix(p, *, log_p=None) -> np.ndarray:
   """``KL [C, C]`` with the official form ``mean_g P[j,g] log(P[j,g] / (P[k,g] + 1e-7))``.
 
   Computed in O(C^2) memory as ``(rowsum(P * log P)[:, None] - P @ log(P + 1e-7).T) / C``
-  (spec §1.8) instead of the code's ``C x C x C`` tensor. ``P * log P`` is a plain product, so a
+  (a float64 Gram product instead of scipy ``cdist``) instead of the code's ``C x C x C`` tensor. ``P * log P`` is a plain product, so a
   row of P holding an exact 0 gives a NaN row exactly where the official code does (``0 * log 0``).
 
   Args:
@@ -186,7 +186,7 @@ def kl_matrix(p, *, log_p=None) -> np.ndarray:
 
 
 def kl_importance(p, *, log_p=None) -> np.ndarray:
-  """Importance ``s [C]``, ``s_j = sum_k KL[j, k]`` (spec §1.2 step 4): how far filter j's
+  """Importance ``s [C]``, ``s_j = sum_k KL[j, k]`` (step 4 of the per-epoch update in lmbxmu/DCFF ``main_cifar.py``): how far filter j's
   distribution is from everyone else's. NaN in exactly the rows of P that hold an exact zero
   (unless ``log_p`` is given)."""
   with np.errstate(invalid='ignore'):
@@ -194,7 +194,7 @@ def kl_importance(p, *, log_p=None) -> np.ndarray:
 
 
 def update_scores(previous: Optional[np.ndarray], new: np.ndarray) -> Tuple[np.ndarray, bool]:
-  """Score bookkeeping (spec §1.2 step 5): keep ``previous`` unless every entry of ``new`` is finite.
+  """Score bookkeeping (step 5 of the per-epoch update in lmbxmu/DCFF ``main_cifar.py``): keep ``previous`` unless every entry of ``new`` is finite.
 
   Args:
     previous: the stored scores ``[C]`` or None (first scoring: epoch 0).
@@ -224,7 +224,7 @@ def select_filters(scores, m: int) -> np.ndarray:
   """Indices ``[m]`` (int32) of the ``m`` highest scores, in descending score order.
 
   Ties are broken by the lower index (``lax.top_k``'s rule); the official ``topk(sorted=False)``
-  order is implementation-defined, and only the set matters while it does not change (§1.8).
+  order is implementation-defined, and only the set matters while it does not change (the official ``topk(sorted=False)`` order is implementation-defined).
 
   Raises:
     ValueError: ``m`` not in ``[1, C]`` or non-finite scores (never a silent index order).
@@ -254,7 +254,7 @@ def stable_slots(previous: np.ndarray, new: np.ndarray) -> np.ndarray:
   """Orders a new selection so that filters kept from ``previous`` stay in their output slot.
 
   Slot i of a fused layer feeds channel i of its BN and of the next layer; re-ranking the same
-  set (or swapping one filter) must not permute the channels they see (spec §1.3). Filters
+  set (or swapping one filter) must not permute the channels they see (in float32 ``exp(-D T)`` underflows from epoch 1, every later score vector is NaN and the epoch-0 scores are kept). Filters
   entering the set fill the vacated slots in ``new``'s order.
 
   Args:
@@ -277,7 +277,7 @@ def stable_slots(previous: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 
 def fuse(x, p_selected):
-  """Fused filters ``x . P_sel^T`` over the original-filter axis (spec §1.2 forward).
+  """Fused filters ``x . P_sel^T`` over the original-filter axis (``FuseConv2d.forward`` in ``models/cifar/fuse_modules.py``).
 
   ``fused[..., i] = sum_g P_sel[i, g] x[..., g]``: a kernel ``[k, k, C_in, C] -> [k, k, C_in, m]``
   or a bias ``[C] -> [m]``. ``P_sel`` is a constant of the epoch (the code computes it from
@@ -297,7 +297,7 @@ def fuse(x, p_selected):
 def layer_update(kernel, epoch: int, num_epochs: int, m: int, *, prev_scores=None,
                  prev_selected=None, mode: str = 'faithful', score_temperature_cap: float = 1.0,
                  t_start: float = T_START, t_end: float = T_END, k: float = T_K):
-  """One layer's per-epoch update, spec §1.2 steps 1-7.
+  """One layer's per-epoch update, the per-epoch update of ``main_cifar.py``, steps 1-7: distances, T(e), P, KL scores, finite-check, top-k, P_sel.
 
   Args:
     kernel: the layer's original filters ``[k, k, C_in, C]``.

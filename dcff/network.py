@@ -1,6 +1,6 @@
 """DCFF on a whole network: the fusion plan, its state, the fused forward params and the export.
 
-Spec ``pruning-dcff-1xn-whitebox-jackpot.md`` §1.2 and §1.8. The network that runs is the
+As lmbxmu/DCFF ``main_cifar.py`` and ``models/cifar/fuse_modules.py`` compute it. The network that runs is the
 *compact* model of ``common.models`` (BN, next-layer inputs and FC already at the compact widths);
 DCFF only changes the parameters it computes with:
 
@@ -12,7 +12,7 @@ DCFF only changes the parameters it computes with:
   plus ``scored`` (0 before the first scoring) and the epoch's ``temperature``;
 * :func:`fused_params` (pure, traced into the step): every fused kernel/bias becomes
   ``P_sel . W`` — the params of the compact model;
-* :func:`update_fusion_state` (host, once per epoch): spec §1.2 steps 1-7 for every layer;
+* :func:`update_fusion_state` (host, once per epoch): the per-epoch update of ``main_cifar.py``, steps 1-7: distances, T(e), P, KL scores, finite-check, top-k, P_sel for every layer;
 * :func:`export_compact`: the fused params *are* the compact model's params (exact by
   construction; the test checks outputs).
 """
@@ -66,7 +66,7 @@ class FusionPlan:
 
 def make_plan(model_name: str, cprate, num_classes: int, input_hw=(32, 32),
               model_kwargs: Optional[Dict[str, Any]] = None) -> FusionPlan:
-  """The :class:`FusionPlan` of ``model_name`` pruned with the official ``cprate`` (§1.4)."""
+  """The :class:`FusionPlan` of ``model_name`` pruned with the official ``cprate`` (``utils/options.py``)."""
   kw = dict(model_kwargs or {})
   rates = cprate_lib.parse_cprate(cprate)
   layers = cprate_lib.fused_layers(model_name, rates, input_hw, num_classes, **kw)
@@ -157,7 +157,7 @@ def update_fusion_state(params, state, plan: FusionPlan, epoch: int, num_epochs:
                         mode: str = 'faithful', score_temperature_cap: float = 1.0,
                         t_start: float = fusion.T_START, t_end: float = fusion.T_END,
                         t_k: float = fusion.T_K) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """Host-side per-epoch update of every fused layer (spec §1.2 steps 1-7).
+  """Host-side per-epoch update of every fused layer (the per-epoch update of ``main_cifar.py``, steps 1-7: distances, T(e), P, KL scores, finite-check, top-k, P_sel).
 
   Args:
     params: current params (full filter banks), device or host arrays.
@@ -217,7 +217,7 @@ def fused_params(params, state, plan: FusionPlan):
 
 
 def export_compact(params, state, plan: FusionPlan) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """The compact model (spec §1.2 "Export"): ``(compact_model_cfg, compact_params)``.
+  """The compact model (``test_compact_model.py``'s compact copy): ``(compact_model_cfg, compact_params)``.
 
   ``compact_params`` are the fused weights with the current ``P_sel`` and ``W`` (the official
   ``fused_weight`` buffers); BN statistics carry over unchanged (they are already compact).

@@ -1,4 +1,4 @@
-"""Train a compact CNN from scratch with Dynamic-Coded Filter Fusion (spec §1.2, §1.5).
+"""Train a compact CNN from scratch with Dynamic-Coded Filter Fusion (lmbxmu/DCFF ``main_cifar.py`` / ``main_imagenet.py``).
 
   python -m dcff.train --config=dcff/configs/resnet56_cifar10.py --workdir=runs/dcff_r56
   python -m dcff.train --config=dcff/configs/digits.py --workdir=runs/dcff_digits
@@ -35,7 +35,7 @@ from dcff import network
 
 
 class DCFF(train.Method):
-  """``common.train`` hooks of DCFF (spec §1.2)."""
+  """``common.train`` hooks of DCFF (lmbxmu/DCFF ``main_cifar.py``)."""
 
   name = 'dcff'
 
@@ -72,9 +72,9 @@ class DCFF(train.Method):
     return self.plan().build()
 
   def init_variables(self, model, rng, images):
-    """Compact BN/FC/downsample params + full ``C``-filter banks of the fused convs (§1.8)."""
+    """Compact BN/FC/downsample params + full ``C``-filter banks of the fused convs (the official ``topk(sorted=False)`` order is implementation-defined)."""
     if self.config.get('init_checkpoint', ''):
-      raise train.UserError('DCFF trains from scratch (no pretrained model, spec §1.5); '
+      raise train.UserError('DCFF trains from scratch (no pretrained model, as the README commands run it); '
                             'leave init_checkpoint empty')
     return network.init_params(self.plan(), rng, tuple(images.shape[1:]))
 
@@ -88,7 +88,7 @@ class DCFF(train.Method):
 
   # --- host hooks --------------------------------------------------------------------------------
   def epoch_start(self, state, epoch: int):
-    """Spec §1.2 steps 1-7 for every fused layer, before the epoch's first step."""
+    """The per-epoch update of ``main_cifar.py`` (distances, T(e), P, KL scores, finite-check, top-k, P_sel) for every fused layer, before the epoch's first step."""
     m = self._mcfg()
     extra, stats = network.update_fusion_state(
         state.params, state.extra, self.plan(), epoch, int(self.config.num_epochs),
@@ -104,7 +104,7 @@ class DCFF(train.Method):
     return dict(self._last_stats)
 
   def flops_params(self, state):
-    """FLOPs / params of the compact model (thop convention, spec §0.1)."""
+    """FLOPs / params of the compact model (thop 0.0.31 convention)."""
     return compact_flops(self.plan(), self._hw())
 
   def _hw(self):
@@ -149,7 +149,7 @@ class DCFF(train.Method):
 
 
 def compact_flops(plan: network.FusionPlan, input_hw=(32, 32)):
-  """``(flops, params)`` of the compact model with ``common.flops`` (thop convention, §0.1)."""
+  """``(flops, params)`` of the compact model with ``common.flops`` (thop 0.0.31 convention)."""
   from common import flops as flops_lib
   f, p, _ = flops_lib.count(plan.model_name, widths=plan.widths, input_hw=tuple(input_hw),
                             num_classes=plan.num_classes, **plan.kwargs())

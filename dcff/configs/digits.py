@@ -1,4 +1,4 @@
-"""DCFF on the embedded digits set (the quick experiment's DCFF row; spec §1.10).
+"""DCFF on the embedded digits set (the quick experiment's DCFF row).
 
   python -m dcff.train --config=dcff/configs/digits.py --workdir=runs/dcff_digits
   python -m dcff.evaluate --workdir=runs/dcff_digits

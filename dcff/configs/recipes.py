@@ -1,4 +1,4 @@
-"""The official DCFF training recipes (spec §1.5); every published run is one call.
+"""The official DCFF training recipes (the README commands); every published run is one call.
 
 * CIFAR-10 (``main_cifar.py`` README commands): 300 epochs, batch 256 (test 256), SGD lr 0.1,
   momentum 0.9, weight decay 5e-4 (coupled, every parameter), lr x0.1 at epochs 150 and 225

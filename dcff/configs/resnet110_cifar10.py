@@ -1,4 +1,4 @@
-"""DCFF ResNet-110 on CIFAR-10, README cprate (57 rates, stage widths 6/25/32; spec §1.6).
+"""DCFF ResNet-110 on CIFAR-10, README cprate (57 rates, stage widths 6/25/32; the README table).
 
   python -m dcff.train --config=dcff/configs/resnet110_cifar10.py --workdir=runs/dcff_resnet110
 

@@ -1,4 +1,4 @@
-"""DCFF ResNet-50 on ImageNet, 'cos' recipe, README FLOPs reduction 63.0% (spec §1.5, §1.6).
+"""DCFF ResNet-50 on ImageNet, 'cos' recipe, README FLOPs reduction 63.0% (README commands and table).
 
   python -m dcff.train --config=dcff/configs/resnet50_cos_63p0.py --workdir=runs/dcff_r50_cos_63p0 \
       --config.dataset.data_dir=DATA_DIR

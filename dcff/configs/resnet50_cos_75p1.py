@@ -1,4 +1,4 @@
-"""DCFF ResNet-50 on ImageNet, 'cos' recipe, README FLOPs reduction 75.1% (spec §1.5, §1.6).
+"""DCFF ResNet-50 on ImageNet, 'cos' recipe, README FLOPs reduction 75.1% (README commands and table).
 
   python -m dcff.train --config=dcff/configs/resnet50_cos_75p1.py --workdir=runs/dcff_r50_cos_75p1 \
       --config.dataset.data_dir=DATA_DIR

@@ -1,4 +1,4 @@
-"""DCFF ResNet-50 on ImageNet, 'step' recipe, README FLOPs reduction 45.3% (spec §1.5, §1.6).
+"""DCFF ResNet-50 on ImageNet, 'step' recipe, README FLOPs reduction 45.3% (README commands and table).
 
   python -m dcff.train --config=dcff/configs/resnet50_step_45p3.py --workdir=runs/dcff_r50_step_45p3 \
       --config.dataset.data_dir=DATA_DIR

@@ -1,4 +1,4 @@
-"""DCFF ResNet-50 on ImageNet, 'step' recipe, README FLOPs reduction 76.7% (spec §1.5, §1.6).
+"""DCFF ResNet-50 on ImageNet, 'step' recipe, README FLOPs reduction 76.7% (README commands and table).
 
   python -m dcff.train --config=dcff/configs/resnet50_step_76p7.py --workdir=runs/dcff_r50_step_76p7 \
       --config.dataset.data_dir=DATA_DIR

@@ -1,4 +1,4 @@
-"""DCFF ResNet-56 on CIFAR-10, README cprate (30 rates, stage rates 0; spec §1.6).
+"""DCFF ResNet-56 on CIFAR-10, README cprate (30 rates, stage rates 0; the README table).
 
   python -m dcff.train --config=dcff/configs/resnet56_cifar10.py --workdir=runs/dcff_resnet56
 

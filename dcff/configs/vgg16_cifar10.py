@@ -1,4 +1,4 @@
-"""DCFF VGG-16 on CIFAR-10, README cprate ``[0.5]*2+[0.4]*2+[0.35]*3+[0.85]*6`` (spec §1.6).
+"""DCFF VGG-16 on CIFAR-10, README cprate ``[0.5]*2+[0.4]*2+[0.35]*3+[0.85]*6`` (README table).
 
   python -m dcff.train --config=dcff/configs/vgg16_cifar10.py --workdir=runs/dcff_vgg16
 

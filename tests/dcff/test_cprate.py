@@ -1,4 +1,4 @@
-"""cprate strings -> widths and FLOPs/params (spec §1.4, §1.9 items 8-9, §0.1 table)."""
+"""cprate strings -> widths and FLOPs/params (lmbxmu/DCFF ``utils/options.py`` cprate rules; FLOPs/params in the thop 0.0.31 convention)."""
 import pytest
 
 from common import models
@@ -8,7 +8,7 @@ R = C.README_CPRATES
 
 
 def thop_count(name, widths, hw, nc):
-  """Independent thop-convention count (spec §0.1) from the analytic layer specs."""
+  """Independent thop-convention count (thop 0.0.31: a conv counts k*k*C_in*C_out*H*W multiply-accumulates) from the analytic layer specs."""
   f = p = 0
   for s in models.layer_specs(name, widths, hw, nc):
     oh, ow = s.out_hw
@@ -102,7 +102,7 @@ def test_fused_layers():
   assert r50[3].path == ('layer1_0', 'conv3') and r50[3].c == 256 and r50[3].m == 204
 
 
-# Spec §0.1 table (thop 0.0.31 convention): FLOPs and params of the README compact models.
+# thop 0.0.31 counts of the official compact models: FLOPs and params of the README compact models.
 TABLE = [('vgg16', 'vgg16', 72.77e6, 0.005e6, 1.071e6, 0.0005e6),
          ('resnet56', 'resnet56', 55.83e6, 0.005e6, 0.384e6, 0.0005e6),
          ('resnet110', 'resnet110', 85.30e6, 0.005e6, 0.555e6, 0.0005e6),

@@ -1,4 +1,4 @@
-"""DCFF per-layer math against the spec's unit-testable properties (§1.9 items 1-6) and NumPy
+"""DCFF per-layer math against closed forms and NumPy
 references written here (literal C x C x C KL, brute-force distances, slicing instead of fusion)."""
 
 import jax
@@ -29,7 +29,7 @@ def kl_literal(p):
                    axis=2)
 
 
-# --- §1.9.1 temperature ------------------------------------------------------------------------
+# --- temperature ------------------------------------------------------------------------
 
 def test_temperature_endpoints_and_monotone():
   for big_e in (10, 30, 90, 300):
@@ -43,7 +43,7 @@ def test_temperature_endpoints_and_monotone():
 
 
 def test_temperature_spec_values():
-  # Spec §1.2: T(0..6) = 1, 4622, 7616, 9052, 9640, 9866, 9951; T(10) = 9999 (E = 300).
+  # main_cifar.py's T(e) with T_s=1, T_e=1e4, k=1: T(0..6) = 1, 4622, 7616, 9052, 9640, 9866, 9951; T(10) = 9999 (E = 300).
   want = [1, 4622, 7616, 9052, 9640, 9866, 9951]
   got = [fusion.temperature(e, 300) for e in range(7)]
   np.testing.assert_allclose(got, want, atol=1.0)
@@ -63,7 +63,7 @@ def test_temperature_bad_input(kw):
     fusion.temperature(**kw)
 
 
-# --- §1.9.2 inter-similarity distribution ---------------------------------------------------------
+# --- inter-similarity distribution ---------------------------------------------------------
 
 def test_distances_match_brute_force():
   w = he_filters(c=8, cin=4)
@@ -109,7 +109,7 @@ def test_distribution_bad_temperature():
     fusion.similarity_distribution(he_filters(), 0.0)
 
 
-# --- §1.9.3 scores, finiteness, bookkeeping ------------------------------------------------------
+# --- scores, finiteness, bookkeeping ------------------------------------------------------
 
 def test_scores_finite_at_t1_nonfinite_at_epoch1():
   w = he_filters()
@@ -178,7 +178,7 @@ def test_float64_alone_does_not_keep_scores_finite():
   assert np.all(np.isfinite(s)) and np.ptp(s) == 0
 
 
-# --- §1.9.4 efficient KL == literal formula -------------------------------------------------------
+# --- efficient KL == literal formula -------------------------------------------------------
 
 def test_kl_efficient_matches_literal():
   rng = np.random.default_rng(1)
@@ -221,7 +221,7 @@ def test_stable_slots_keep_kept_filters_in_place():
   np.testing.assert_array_equal(fusion.stable_slots(prev, np.array([3, 1, 7, 0])), [3, 1, 7, 0])
 
 
-# --- §1.9.5 / 6 fused conv and its gradient -------------------------------------------------------
+# --- fused conv and its gradient -------------------------------------------------------
 
 def conv(x, w):
   return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),

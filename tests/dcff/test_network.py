@@ -1,5 +1,5 @@
 """Network-level DCFF: full filter banks, per-epoch state, fused params and the compact export
-(spec §1.2, §1.8, §1.9 item 7). References: NumPy fusion sums and W[..., sel] slicing in the test."""
+(lmbxmu/DCFF ``main_cifar.py`` per-epoch update, ``test_compact_model.py`` export). References: NumPy fusion sums and W[..., sel] slicing in the test."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,7 +100,7 @@ def test_state_bookkeeping(case):
   plan, s0, s1 = case['plan'], case['s0'], case['s1']
   assert case['stats0']['temperature'] == pytest.approx(1.0)
   assert case['stats0']['layers_scores_replaced'] == len(plan.layers)
-  # Epoch 1 (T = 4622): every score vector is non-finite and is discarded (spec §1.3).
+  # Epoch 1 (T = 4622): every score vector is non-finite and is discarded (in float32 ``exp(-D T)`` underflows from epoch 1, every later score vector is NaN and the epoch-0 scores are kept).
   assert case['stats1']['layers_scores_replaced'] == 0
   assert case['stats1']['filters_selection_changed'] == 0
   for layer in plan.layers:
