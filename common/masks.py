@@ -106,7 +106,7 @@ def global_magnitude_masks(params, sparsity: float,
   """Global unstructured magnitude pruning: one threshold over all selected leaves.
 
   Prunes exactly ``int(total * sparsity)`` weights with the smallest ``|w|`` across the selected
-  layers (Lottery Jackpots derives its per-layer rates this way, spec §4).
+  layers (Lottery Jackpots derives its per-layer rates this way: zyxxmu/lottery-jackpots).
 
   Returns:
     mask tree with the selected paths only.

@@ -1,6 +1,6 @@
 """Uniform fake quantizers (pure functions + one activation module) for post-training quantization.
 
-The asymmetric quantizer is the ZeroQ/GDFQ one that FDDA's code uses (spec ffsd-fdda.md §B5):
+The asymmetric quantizer is the ZeroQ/GDFQ one that FDDA's code uses (zysxmu/FDDA ``quantization_utils/quant_utils.py``: ``asymmetric_linear_quantization_params`` / ``linear_quantize``):
 
   scale = (2^k - 1) / max(x_max - x_min, 1e-8)
   zp    = round(scale * x_min) + 2^(k-1)
@@ -33,7 +33,7 @@ def straight_through(x: jax.Array, xq: jax.Array) -> jax.Array:
 
 
 def asymmetric_qparams(x_min, x_max, bits: int) -> Tuple[jax.Array, jax.Array]:
-  """Scale and zero point of the asymmetric k-bit quantizer (§B5, first two lines)."""
+  """Scale and zero point of the asymmetric k-bit quantizer (``asymmetric_linear_quantization_params``)."""
   bits = _check_bits(bits)
   scale = (2.0 ** bits - 1) / jnp.maximum(x_max - x_min, 1e-8)
   zp = jnp.round(scale * x_min) + 2.0 ** (bits - 1)
@@ -43,7 +43,7 @@ def asymmetric_qparams(x_min, x_max, bits: int) -> Tuple[jax.Array, jax.Array]:
 def asymmetric_quantize(x, x_min, x_max, bits: int) -> jax.Array:
   """Fake-quantized ``x`` (same shape) with range ``[x_min, x_max]`` broadcast against ``x``.
 
-  Implements §B5: ``(clamp(round(scale x - zp), -2^(k-1), 2^(k-1)-1) + zp) / scale`` with the
+  Implements ``linear_quantize`` then ``linear_dequantize``: ``(clamp(round(scale x - zp), -2^(k-1), 2^(k-1)-1) + zp) / scale`` with the
   straight-through gradient.
   """
   scale, zp = asymmetric_qparams(x_min, x_max, bits)
@@ -97,7 +97,7 @@ def lsq_quantize(x: jax.Array, step: jax.Array, bits: int, signed: bool = True) 
 
 
 def ema_range(old_min, old_max, x, beta: float = 0.9):
-  """``beta * old + (1 - beta) * batch`` for the running min and max (§B5 activations)."""
+  """``beta * old + (1 - beta) * batch`` for the running min and max (``quantization_utils/quant_modules.py: QuantAct``'s running range, ``act_range_momentum``)."""
   return (beta * old_min + (1 - beta) * jnp.min(x), beta * old_max + (1 - beta) * jnp.max(x))
 
 

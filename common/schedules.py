@@ -1,7 +1,7 @@
 """Learning-rate schedules exactly as the official repositories compute them, and the optimizer.
 
 The repos step their schedulers once per *epoch*, so every schedule here is piecewise constant per
-epoch (shared spec §0.2: do not "improve" them to per-step cosine); only the linear warm-up of
+epoch (the repos call ``scheduler.step()`` once per epoch; a per-step cosine would be another schedule); only the linear warm-up of
 DCFF / 1xN is per iteration. A schedule is an optax-style function ``step -> lr`` built from the
 number of steps per epoch, so it runs inside the jitted step without host syncs.
 
@@ -115,7 +115,7 @@ def periodic_cosine(lr0: float, t_max: int, eta_min: float = 0.0) -> Callable:
 
 
 def make_optimizer(opt_cfg, schedule: Callable, decay_mask=None, trainable_mask=None):
-  """SGD / Adam with *coupled* L2 weight decay, as ``torch.optim`` does (shared spec §0.2).
+  """SGD / Adam with *coupled* L2 weight decay, as ``torch.optim`` does.
 
   ``d = g + wd * p; buf = m * buf + d; p -= lr * buf`` is ``chain(add_decayed_weights(wd), sgd)``.
 

@@ -1,4 +1,4 @@
-"""Schedules and optimizer against the repos' closed forms (shared spec §0.2, §1.5, §2.5)."""
+"""Schedules and optimizer against the repos' closed forms (torch.optim.lr_scheduler and the repos' adjust_learning_rate functions)."""
 import math
 
 import jax
@@ -40,7 +40,7 @@ def test_cosine_per_epoch_piecewise_constant():
 
 
 def test_recu_warmup_per_epoch_then_shifted_cosine():
-  # binary spec §0: lr = lr0 (e+1)/5 for e < 5, then 0.5 lr0 (1 + cos(pi (e-4)/(E-4))).
+  # ReCU / SiMaN warm-up then cosine: lr = lr0 (e+1)/5 for e < 5, then 0.5 lr0 (1 + cos(pi (e-4)/(E-4))).
   e_total = 12
   s = schedules.make_schedule(cfg(warmup='per_epoch', warmup_epochs=5, cosine_shift=4), 0.1,
                               e_total, 3)
@@ -50,7 +50,7 @@ def test_recu_warmup_per_epoch_then_shifted_cosine():
 
 
 def test_onexn_warmup_per_step():
-  # spec §2.5: cosine 0.5 lr (1 + cos(pi (e-5)/(E-5))) per epoch, times (1+step+e*iters)/(5*iters).
+  # lmbxmu/1xN: cosine 0.5 lr (1 + cos(pi (e-5)/(E-5))) per epoch, times (1+step+e*iters)/(5*iters).
   e_total, iters, lr0 = 10, 4, 0.01
   s = schedules.make_schedule(cfg(warmup='per_step', warmup_epochs=5, cosine_shift=5), lr0,
                               e_total, iters)
