@@ -97,7 +97,11 @@ def lsq_quantize(x: jax.Array, step: jax.Array, bits: int, signed: bool = True) 
 
 
 def ema_range(old_min, old_max, x, beta: float = 0.9):
-  """``beta * old + (1 - beta) * batch`` for the running min and max (``quantization_utils/quant_modules.py: QuantAct``'s running range, ``act_range_momentum``)."""
+  """``beta * old + (1 - beta) * batch`` for the running min and max.
+
+  As ``QuantAct`` (zysxmu/FDDA ``quantization_utils/quant_modules.py``) keeps its activation range
+  with ``act_range_momentum``.
+  """
   return (beta * old_min + (1 - beta) * jnp.min(x), beta * old_max + (1 - beta) * jnp.max(x))
 
 

@@ -1077,8 +1077,11 @@ def config_error_line(e: Exception) -> str:
           break
         key = None
     if key is not None:
-      leaf = key.rsplit('.', 1)[-1]
-      parent = key.rsplit('.', 1)[0] if '.' in key else ''
+      parts = key.split('.')
+      # The first component that does not exist is the mistyped one.
+      i = next((j for j in range(len(parts))
+                if _config_key_missing('.'.join(parts[:j + 1]))), len(parts) - 1)
+      leaf, parent = parts[i], '.'.join(parts[:i])
       choices = _config_children(parent)
       close = difflib.get_close_matches(leaf, choices, n=1)
       hint = f' (did you mean {close[0]}?)' if close else (

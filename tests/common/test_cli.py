@@ -74,8 +74,11 @@ def test_unknown_model(tmp_path):
 
 
 def test_unknown_config_key(tmp_path):
-  out = cli(f'--config={CFG}', f'--workdir={tmp_path}', '--config.optimizer.lr=0.1')
-  assert out.returncode != 0 and 'lr' in out.stderr and 'Traceback' not in out.stderr
+  out = cli(f'--config={CFG}', f'--workdir={tmp_path}', '--config.optimizer.learnin_rate=0.1')
+  assert_one_line_error(out, 'error: unknown config key optimizer.learnin_rate '
+                        '(did you mean learning_rate?)')
+  out = cli(f'--config={CFG}', f'--workdir={tmp_path}', '--config.optimiser.name=sgd')
+  assert_one_line_error(out, 'unknown config key optimiser.name (did you mean optimizer?)')
 
 
 def test_bad_value(tmp_path):
