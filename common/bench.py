@@ -46,7 +46,6 @@ def measure(model_name: str, batch: int, steps: int) -> dict:
   """Compile time and steady-state images/s of one engine train step (single device)."""
   import jax
   import jax.numpy as jnp
-  import ml_collections
   import numpy as np
 
   from common import schedules, train

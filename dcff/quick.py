@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
@@ -106,26 +106,22 @@ def l1_prune(variables: Dict[str, Any], dense_widths: Sequence[int], widths: Seq
 
 
 class L1FineTune(train.Method):
-  """Plain training of the compact VGG-tiny initialised from the L1-pruned dense model."""
+  """Plain training of the compact VGG-tiny initialised from the L1-pruned dense model: the
+  second stage of a ``common.train.run_stages`` run whose first stage trains the dense model."""
 
   name = 'l1_finetune'
 
-  def __init__(self, config, dense_workdir: str, dense_widths, widths):
+  def __init__(self, config, dense_widths, widths):
     super().__init__(config)
-    self.dense_workdir, self.dense_widths, self.widths = dense_workdir, dense_widths, widths
+    self.dense_widths, self.widths = dense_widths, widths
 
   def init_variables(self, model, rng, images):
-    dense = train.load_variables(self.dense_workdir, which='last')
+    dense = train.load_variables(self.info.previous, which='last')
     return l1_prune(dense, self.dense_widths, self.widths)
 
 
-def _metrics(workdir: str) -> List[Dict[str, Any]]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _row(method: str, seed: int, res: Dict[str, Any], workdir: str, **extra) -> Dict[str, Any]:
-  rows = _metrics(workdir)
+  rows = train.read_metrics(workdir)
   out = {'method': method, 'seed': int(seed), 'top1': float(res['top1_best']),
          'top1_last': float(res['top1_last']), 'flops': res.get('flops'),
          'params': res.get('params'), 'seconds': float(res.get('seconds', 0.0)),
@@ -144,10 +140,8 @@ def run_seed(workdir: str, seed: int, epochs: int, ft_epochs: int, baselines: bo
     c = base_config(seed, epochs)
     c.method.score_mode = mode
     wd = os.path.join(workdir, f'dcff_{mode}_seed{seed}')
-    train.run(c, wd, DCFF(c))
-    with open(os.path.join(wd, 'results.json')) as f:  # DCFF.export adds the compact fields
-      res = json.load(f)
-    m = _metrics(wd)
+    res = train.run(c, wd, DCFF(c))   # with DCFF.export's compact fields
+    m = train.read_metrics(wd)
     rows.append(_row(name, seed, res, wd, compact_top1=res.get('compact_top1'),
                      flops_reduction=res.get('flops_reduction'),
                      changes_after_epoch0=int(sum(r['filters_selection_changed'] for r in m[1:])),
@@ -159,13 +153,15 @@ def run_seed(workdir: str, seed: int, epochs: int, ft_epochs: int, baselines: bo
   rows.append(_row(M_SCRATCH, seed, train.run(c, wd), wd))
   if not baselines:
     return rows
-  dense_wd = os.path.join(workdir, f'dense_seed{seed}')
-  c = plain_config(seed, epochs)
-  rows.append(_row(M_DENSE, seed, train.run(c, dense_wd), dense_wd))
-  wd = os.path.join(workdir, f'l1_seed{seed}')
-  c = plain_config(seed, ft_epochs, widths, lr=FT_LR)
-  res = train.run(c, wd, L1FineTune(c, dense_wd, dense_widths, widths))
-  rows.append(_row(M_L1, seed, res, wd, dense_epochs=epochs))
+  # Dense training, then L1 pruning + fine-tuning, as one staged run in one workdir.
+  wd = os.path.join(workdir, f'dense_l1_seed{seed}')
+  res = train.run_stages(wd, [
+      train.Stage('dense', plain_config(seed, epochs), train.Method),
+      train.Stage('l1_finetune', plain_config(seed, ft_epochs, widths, lr=FT_LR),
+                  lambda c: L1FineTune(c, dense_widths, widths))])
+  rows.append(_row(M_DENSE, seed, res['stages']['dense'], os.path.join(wd, 'dense')))
+  rows.append(_row(M_L1, seed, res['stages']['l1_finetune'], os.path.join(wd, 'l1_finetune'),
+                   dense_epochs=epochs))
   return rows
 
 

@@ -31,14 +31,12 @@ identity-STE baseline) | 'none' (the same network in full precision)), ``tau_min
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from common import binarize
 from common import train
@@ -228,14 +226,12 @@ class ReCU(train.Method):
     return None, int(sum(x.size for x in jax.tree.leaves(state.params)))
 
   def export(self, state, workdir):
-    rows = []
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if os.path.exists(path):
-      with open(path) as f:
-        rows = [json.loads(l) for l in f if l.strip()]
-    plot_diagnostics(rows, os.path.join(workdir, 'recu_diagnostics.png'), self.name)
-    plot_weight_histogram({self.name: state.params}, float(state.extra['tau']),
-                          os.path.join(workdir, 'recu_weights.png'))
+    """The per-epoch diagnostics and the final weight histogram; returns the two PNG paths."""
+    diag = os.path.join(workdir, 'recu_diagnostics.png')
+    hist = os.path.join(workdir, 'recu_weights.png')
+    plot_diagnostics(train.read_metrics(workdir), diag, self.name)
+    plot_weight_histogram({self.name: state.params}, float(state.extra['tau']), hist)
+    return {'plots': [diag, hist]}
 
 
 def standardized_weights(params) -> np.ndarray:

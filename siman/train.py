@@ -41,13 +41,11 @@ default for the controls), ``eval_projections`` (-1 = one per eval batch | an ex
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from common import binarize
 from common import train
@@ -213,13 +211,14 @@ class SiMaN(train.Method):
       out['percent_last'] = float(state.extra['percent'])
     return out
 
-  def export(self, state, workdir: str) -> None:
-    """The weight histogram with its Laplace fit (``weights_hist.png``)."""
+  def export(self, state, workdir: str) -> Dict[str, Any]:
+    """The weight histogram with its Laplace fit; returns its path."""
     if self.mode == 'none' or not self.config.method.get('histogram', True):
-      return
+      return {}
     from siman import plots
-    plots.weight_histogram({f'{self.name}: {self.config.model.name}': state.params},
-                           os.path.join(workdir, 'weights_hist.png'))
+    path = os.path.join(workdir, 'weights_hist.png')
+    plots.weight_histogram({f'{self.name}: {self.config.model.name}': state.params}, path)
+    return {'plots': [path]}
 
 
 main = train.cli(SiMaN, default_config='siman/configs/digits.py')
