@@ -16,14 +16,12 @@ by ``recu.train`` (``model_bits`` in results.json).
 """
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from common import train
+from common import timing, train
 from recu.configs import digits as digits_config
 from recu.train import ReCU
 
@@ -54,15 +52,6 @@ def _setup(model: str, widths, binarizer: str, batch: int, hw: int, num_classes:
   return step, ev, state, batch, ebatch
 
 
-def _time(fn, n: int) -> float:
-  t0 = time.perf_counter()
-  out = None
-  for _ in range(n):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t0) / n
-
-
 def bench(model: str = 'recu_resnet20', widths=(16, 32, 64), batch: int = 128, hw: int = 32,
           steps: int = 20, repeats: int = 3):
   """Seconds per train and eval step of the BNN and the FP network, and their ratios.
@@ -85,8 +74,9 @@ def bench(model: str = 'recu_resnet20', widths=(16, 32, 64), batch: int = 128, h
       def train_once(k=k, step=step, b=b):
         states[k], m = step(states[k], b)
         return m
-      times[f'{k}_train'].append(_time(train_once, steps))
-      times[f'{k}_eval'].append(_time(lambda k=k, ev=ev, eb=eb: ev(states[k], eb), steps))
+      times[f'{k}_train'].append(timing.loop_seconds(train_once, steps))
+      times[f'{k}_eval'].append(timing.loop_seconds(lambda k=k, ev=ev, eb=eb: ev(states[k], eb),
+                                                    steps))
   out = {k: float(np.median(v)) for k, v in times.items()}
   out['bnn_over_fp_train'] = out['bnn_train'] / out['fp_train']
   out['bnn_over_fp_eval'] = out['bnn_eval'] / out['fp_eval']
