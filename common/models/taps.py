@@ -31,6 +31,7 @@ FFSD fuses the students' block outputs (``*/out``); FDDA matches per-class BN-in
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, List, Optional, Tuple
 
 import jax
@@ -69,6 +70,11 @@ def act_site(bn_name: str) -> str:
   return bn_name.replace('bn', 'act', 1)
 
 
+def has_taps(model) -> bool:
+  """Whether ``model.__call__`` takes a ``tap`` argument (every zoo family of ``common.models``)."""
+  return 'tap' in inspect.signature(type(model).__call__).parameters
+
+
 def tap_sites(model, input_shape, *, train: bool = False) -> List[Tuple[str, Tuple[int, ...]]]:
   """Ordered ``[(site, shape)]`` of a zoo model, traced once under ``jax.eval_shape`` (no FLOPs).
 
@@ -81,8 +87,7 @@ def tap_sites(model, input_shape, *, train: bool = False) -> List[Tuple[str, Tup
   Raises:
     ValueError: if the model has no taps or repeats a site name.
   """
-  import inspect  # pylint: disable=g-import-not-at-top
-  if 'tap' not in inspect.signature(type(model).__call__).parameters:
+  if not has_taps(model):
     raise ValueError(f'{type(model).__name__} has no tap sites (its __call__ takes no `tap`)')
   found: List[Tuple[str, Tuple[int, ...]]] = []
 
