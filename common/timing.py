@@ -53,7 +53,8 @@ def loop_times(fn: Callable[[], Any], calls: int = 1,
 
 def loop_seconds(fn: Callable[[], Any], calls: int = 1,
                  clock: Callable[[], float] = time.perf_counter) -> float:
-  """Seconds per call of ``calls`` back-to-back calls of ``fn`` on ``clock`` (:func:`loop_times`)."""
+  """Seconds per call of ``calls`` back-to-back calls of ``fn`` on ``clock``
+  (:func:`loop_times` with one clock)."""
   return loop_times(fn, calls, (clock,))[0]
 
 

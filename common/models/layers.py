@@ -180,7 +180,8 @@ def batch_norm(train: bool, name: str, axis_name: Optional[str] = None) -> nn.Ba
   """BatchNorm with PyTorch's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5, scale 1, bias 0).
 
   Flax stores the *biased* batch variance in ``batch_stats/var``; PyTorch stores the unbiased one
-  (``torch.nn.BatchNorm2d`` docs): a ``B*H*W / (B*H*W - 1)`` difference in the running variance only.
+  (``torch.nn.BatchNorm2d`` docs): a ``B*H*W / (B*H*W - 1)`` difference in the running variance
+  only.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
                       axis_name=axis_name, name=name)
@@ -198,7 +199,7 @@ def classifier(feats, num_classes: int, *, as_conv: bool, init: str, name: str =
 
   ``as_conv=True`` implements it as a 1x1 conv with bias (kernel ``[1, 1, C, K]``), as the 1xN and
   Lottery-Jackpot code do (lmbxmu/1xN ``models/``, zyxxmu/lottery-jackpots ``models/``: the
-  ``fc`` is an ``nn.Conv2d(C, K, 1, bias=True)``), so that masks / rearrangement treat it like a conv.
+  classifier is a 1x1 conv with bias), so that masks / rearrangement treat it like a conv.
   """
   c = feats.shape[-1]
   if as_conv:

@@ -1,19 +1,20 @@
 """MobileNet-V1 (Howard et al. 2017) with per-layer widths (1xN and PSS-Net layouts).
 
-Layout (lmbxmu/1xN ``models/mobilenet_v1.py``, chenbong/PSS-Net ``models/mobilenet_v1.py``): 3x3 stem
-conv (stride 2) +
-BN + act; n depthwise-separable blocks ``act(bn(dw 3x3, stride s)) -> act(bn(pw 1x1))``; global
-average pool; classifier (Linear, or with ``classifier_as_conv=True`` the 1xN 1x1 conv with bias).
+Layout (lmbxmu/1xN ``models/mobilenet_v1.py``, chenbong/PSS-Net ``models/mobilenet_v1.py``): 3x3
+stem conv (stride 2) + BN + act; n depthwise-separable blocks ``act(bn(dw 3x3, stride s)) ->
+act(bn(pw 1x1))``; global average pool; classifier (Linear, or with ``classifier_as_conv=True`` the
+1xN 1x1 conv with bias).
 
 Width config: a list ``[stem, pw_1, ..., pw_n]`` of n + 1 positive ints (PSS-Net's 14 slimmable
 widths); each depthwise conv keeps its input width. Default (n = 13):
 ``[32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]`` with block strides
 ``[1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]`` (``strides`` kwarg; required when n != 13).
 
-Options: ``act`` ('relu' as 1xN and the paper; PSS-Net uses 'relu6'; or any callable), ``pointwise_bias`` (1xN's
-pointwise convs carry a bias that is zero and frozen, i.e. no bias in effect; default False),
-``stem_stride`` (2), ``classifier_as_conv``, ``init`` (default PSS / torchvision-style
-``'kaiming_normal_fan_out'`` with ``dense_init='normal_0.01'``: PSS ``reset_parameters``).
+Options: ``act`` ('relu' as 1xN and the paper; PSS-Net uses 'relu6'; or any callable),
+``pointwise_bias`` (1xN's pointwise convs carry a bias that is zero and frozen, i.e. no bias in
+effect; default False), ``stem_stride`` (2), ``classifier_as_conv``, ``init`` (default PSS /
+torchvision-style ``'kaiming_normal_fan_out'`` with ``dense_init='normal_0.01'``: PSS
+``reset_parameters``).
 
 Registered names: ``mobilenet_v1`` (ImageNet) and ``mobilenet_v1_tiny`` (stem 16 stride 1, blocks
 32, 64/2, 64, 128/2, 128: a MobileNet-V1 small enough for CPU-scale PSS-Net runs).

@@ -15,12 +15,12 @@ this form (hidden = ``make_divisible(6 * active input)``: chenbong/PSS-Net compu
 width from the block's active input width).
 
 ``mobilenet_v2`` (ImageNet; torchvision ``mobilenetv2.py`` / lmbxmu/1xN ``models/mobilenet_v2.py``
-layout): stem stride 2; block strides ``[1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]``; block 0
-has no expansion conv (t = 1: ``hidden[0]`` must equal ``stem``); identity residual iff stride 1
-and input width == output width; ReLU6; final 1x1 conv + BN + ReLU6; global average pool;
-dropout (default 0, as 1xN; torchvision uses 0.2); classifier (Linear or, with
-``classifier_as_conv=True``, the 1xN 1x1 conv with bias). Default init = torchvision
-(``init='kaiming_normal_fan_out'``, ``dense_init='normal_0.01'``).
+layout): stem stride 2; block strides ``[1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]``; block
+0 has no expansion conv (t = 1: ``hidden[0]`` must equal ``stem``); identity residual iff stride 1
+and input width == output width; ReLU6; final 1x1 conv + BN + ReLU6; global average pool; dropout
+(default 0, as 1xN; torchvision uses 0.2); classifier (Linear or, with ``classifier_as_conv=True``,
+the 1xN 1x1 conv with bias). Default init = torchvision (``init='kaiming_normal_fan_out'``,
+``dense_init='normal_0.01'``).
 
 ``mobilenet_v2_cifar`` (zyxxmu/White-Box ``model/mobilenet_v2.py: MobileNetV2``): stem stride 1;
 every block has an expansion conv (block 0 expands 32 -> 32); block strides 2 only at blocks 6

@@ -1,9 +1,10 @@
 """CIFAR ResNets (He et al. 2016, §4.2) with option-A shortcuts and per-layer widths.
 
 Layout (akamaster/pytorch_resnet_cifar10 ``resnet.py``, lmbxmu/DCFF ``models/cifar/resnet.py``,
-zyxxmu/White-Box ``model/``, zyxxmu/lottery-jackpots ``models/``): 3x3 stem conv + BN + act; S stages of basic blocks
-``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``, the first block of every stage after the
-first has stride 2 (on conv1); global average pool; linear classifier. Depth = 2 + 2 * #blocks.
+zyxxmu/White-Box ``model/``, zyxxmu/lottery-jackpots ``models/``): 3x3 stem conv + BN + act; S
+stages of basic blocks ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``, the first block of
+every stage after the first has stride 2 (on conv1); global average pool; linear classifier. Depth =
+2 + 2 * #blocks.
 
 Option-A shortcut (parameter-free), used whenever the stride is 2 or the widths differ:
 subsample ``x[:, ::2, ::2]`` (stride 2 only) and zero-pad channels with

@@ -3,7 +3,8 @@
 Layout (lmbxmu/DCFF and zyxxmu/White-Box ``vgg_cifar.py``, zyxxmu/lottery-jackpots VGG-19):
 every conv is 3x3 (padding 1) + BN + act (ReLU); a 2x2/2 max-pool follows the convs listed in
 ``pools``; then global average pooling (at 32x32 input the five pools leave 1x1, so this is the
-repos' no-op ``AvgPool2d(1)`` + flatten) and the classifier (``Linear(widths[-1], K)``, or a 1x1 conv with bias for Jackpot's VGG-19).
+repos' no-op ``AvgPool2d(1)`` + flatten) and the classifier (``Linear(widths[-1], K)``, or a 1x1
+conv with bias for Jackpot's VGG-19).
 
 Width config: a list with one positive int per conv, in forward order (13 for VGG-16, 16 for
 VGG-19), e.g. DCFF's compact VGG-16 ``[32, 32, 76, 76, 166, 166, 166, 76, 76, 76, 76, 76, 76]``.

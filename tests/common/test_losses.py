@@ -61,6 +61,7 @@ def test_kl_is_zero_for_equal_logits_and_inputs_are_checked():
 def test_recu_kd_loss_is_the_soft_cross_entropy():
   from recu import train as recu_train
   s, te = jnp.asarray(_logits(4)), jnp.asarray(_logits(5))
-  lp_t, lp_s = _np_log_softmax(np.asarray(te, np.float64)), _np_log_softmax(np.asarray(s, np.float64))
+  lp_t = _np_log_softmax(np.asarray(te, np.float64))
+  lp_s = _np_log_softmax(np.asarray(s, np.float64))
   np.testing.assert_allclose(recu_train.kd_loss(s, te), -(np.exp(lp_t) * lp_s).sum(-1).mean(),
                              rtol=1e-5)
