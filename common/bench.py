@@ -48,7 +48,7 @@ def measure(model_name: str, batch: int, steps: int) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from common import schedules, train
+  from common import schedules, timing, train
   from common.configs import base
 
   config = base.get_config()
@@ -68,15 +68,13 @@ def measure(model_name: str, batch: int, steps: int) -> dict:
   t = time.perf_counter()
   compiled = step.lower(state, batch_d).compile()
   compile_s = time.perf_counter() - t
-  state, m = compiled(state, batch_d)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, m = compiled(state, batch_d)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  dt = float(np.median(times))
+  def one_step():
+    nonlocal state
+    state, metrics = compiled(state, batch_d)
+    return metrics
+
+  # One untimed step, then the median of `steps` single steps (each blocked on).
+  dt = timing.time_interleaved({'step': one_step}, steps, warmup=1)['step'].median
   return {'model': model_name, 'batch': batch, 'compile_s': compile_s, 'step_ms': dt * 1e3,
           'img_s': batch / dt}
 

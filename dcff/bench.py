@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import schedules
+from common import timing
 from common import train
 from dcff import cprate as cprate_lib
 from dcff.configs import recipes
@@ -109,16 +110,22 @@ def bench(model_name: str = 'resnet56', cprate: str = '', batch_size: int = 64, 
   t0 = time.perf_counter()
   d_state = run(d_step, d_state, 1)
   t_compile_dcff = time.perf_counter() - t0
+  states = {'plain': p_state, 'dcff': d_state}
+  steps_fn = {'plain': p_step, 'dcff': d_step}
+
+  def one(k):
+    states[k], m = steps_fn[k](states[k], batch)
+    return m['loss']
+
   tp, td, cp, cd = [], [], [], []
-  for _ in range(repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
-    p_state = run(p_step, p_state, steps)
-    tp.append((time.perf_counter() - t0) / steps)
-    cp.append((time.process_time() - c0) / steps)
-    t0, c0 = time.perf_counter(), time.process_time()
-    d_state = run(d_step, d_state, steps)
-    td.append((time.perf_counter() - t0) / steps)
-    cd.append((time.process_time() - c0) / steps)
+  clocks = (time.perf_counter, time.process_time)
+  for _ in range(repeats):   # interleaved blocks: plain, dcff, plain, dcff, ...
+    wall, cpu_s = timing.loop_times(lambda: one('plain'), steps, clocks)
+    tp.append(wall)
+    cp.append(cpu_s)
+    wall, cpu_s = timing.loop_times(lambda: one('dcff'), steps, clocks)
+    td.append(wall)
+    cd.append(cpu_s)
   # The minimum over blocks is the least-disturbed measurement when other jobs share the cores;
   # on CPU the process CPU time (all XLA threads) is used: wall time there mostly measures the
   # other jobs (it varies +-50% between identical blocks on a loaded 2-core machine, CPU time +-3%).

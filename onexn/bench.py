@@ -3,8 +3,8 @@
   python -m onexn.bench [--quick] [--models=mobilenet_v2,mobilenet_v1,resnet50] [--n=4,8,16]
                         [--p=0.3,0.5,0.75,0.9] [--batches=1,8] [--repeats=7] [--json=PATH]
 
-Spec ``shared/papers/pruning-dcff-1xn-whitebox-jackpot.md`` §2.8 (benchmark side by side) and
-§2.6 (the paper's latency claims, Fig. 5). For every 1x1-conv GEMM of the real networks at 224x224
+The 1xN latency claims (lmbxmu/1xN README and Fig. 5, whose data ship in ``raw_data_fig4/``),
+measured side by side. For every 1x1-conv GEMM of the real networks at 224x224
 input whose output is 56x56, 28x28 or 14x14 (``common.models.layer_specs``; K = C_in, C_out
 columns, P = H*W pixels per image), at batch 1 and 8, every block size N and pruning rate p
 (uniform random 1xN blocks, exactly ``int(#blocks * p)`` pruned):
@@ -45,12 +45,10 @@ export (``onexn.export.end_to_end_latency``).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import jax
@@ -59,6 +57,7 @@ import numpy as np
 
 import xla_ext
 from common import cpu_alloc
+from common import timing
 from onexn import sparse
 
 RESOLUTIONS = (56, 28, 14)
@@ -84,60 +83,19 @@ def random_block_mask(rng: np.random.Generator, k: int, m: int, n: int, p: float
   return np.repeat(keep.reshape(k, m // n), n, axis=1)
 
 
-def _loop_seconds(fn: Callable, calls: int) -> float:
-  # As timeit does: no garbage-collection pauses inside the timed loop (JAX call overhead
-  # allocates Python objects, and a collection costs more than a small GEMM).
-  gc_was_enabled = gc.isenabled()
-  gc.disable()
-  try:
-    t = time.perf_counter()
-    out = None
-    for _ in range(calls):
-      out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t) / calls
-  finally:
-    if gc_was_enabled:
-      gc.enable()
-
-
-def _calls_for(fn: Callable, min_seconds: float) -> int:
-  one = _loop_seconds(fn, 1)
-  return max(1, int(min_seconds / max(one, 1e-7)))
-
-
 def time_interleaved(fns: Sequence[Callable], repeats: int, min_seconds: float = 0.01) -> List[float]:
-  """Median seconds per call of each fn, measured in alternating rounds."""
-  for fn in fns:  # compile + warm caches
-    jax.block_until_ready(fn())
-    jax.block_until_ready(fn())
-  calls = [_calls_for(fn, min_seconds) for fn in fns]
-  samples = [[] for _ in fns]
-  for _ in range(repeats):
-    for i, fn in enumerate(fns):
-      samples[i].append(_loop_seconds(fn, calls[i]))
-  return [statistics.median(s) for s in samples]
+  """Median seconds per call of each fn, measured in alternating rounds (``common.timing``)."""
+  return [t.median for t in timing.time_interleaved(list(fns), repeats, min_seconds=min_seconds)]
 
 
 def time_host(fn: Callable, repeats: int, min_seconds: float = 0.01) -> float:
   """Median seconds per call of a host (NumPy/SciPy) function."""
-  fn()
-  calls = _calls_for(fn, min_seconds)
-  return statistics.median(_loop_seconds(fn, calls) for _ in range(repeats))
+  return timing.time_interleaved([fn], repeats, warmup=1, min_seconds=min_seconds)[0].median
 
 
 def chained(fn: Callable, out_shape: Tuple[int, ...], times: int = CHAIN) -> Callable:
-  """``jit(x, *args -> fn applied `times` times in sequence)``: per-op time inside a graph.
-
-  Every application reads the loop-carried x, which passes through ``lax.optimization_barrier``
-  together with the new output: XLA cannot prove it loop-invariant (so cannot hoist the op out of
-  the loop) nor reuse a previous result; the barrier itself is free (no copy, no compute).
-  """
-  def run(x, *args):
-    def body(_, carry):
-      return jax.lax.optimization_barrier((carry[0], fn(carry[0], *args)))
-    return jax.lax.fori_loop(0, times, body, (x, jnp.zeros(out_shape, jnp.float32)))[1]
-  return jax.jit(run)
+  """``common.timing.chained``: ``fn`` applied ``times`` times in sequence inside one jit."""
+  return timing.chained(fn, out_shape, times)
 
 
 def bench_shape(k: int, m: int, pixels: int, batch: int, ns: Sequence[int], ps: Sequence[float],

@@ -24,8 +24,6 @@ It equals the masked dense model in eval mode up to float32 summation order.
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -34,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import masks as common_masks
+from common import timing
 from common import transforms
 from onexn import layer_policy, permute, sparse
 from common.models.layers import as_pair, depthwise_conv, explicit_padding
@@ -264,18 +263,11 @@ def time_fn(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> float:
 
 def time_fns(fns: Dict[str, Callable[[], Any]], repeats: int = 20,
              warmup: int = 2) -> Dict[str, Dict[str, float]]:
-  """Times several functions **interleaved** (one call of each per round), so that load from
-  other processes hits all of them alike; returns ``{name: {'median', 'min'}}`` in seconds."""
-  for _ in range(max(warmup, 1)):
-    for fn in fns.values():
-      jax.block_until_ready(fn())
-  times = {k: [] for k in fns}
-  for _ in range(max(repeats, 1)):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[k].append(time.perf_counter() - t0)
-  return {k: {'median': statistics.median(v), 'min': min(v)} for k, v in times.items()}
+  """Times several functions **interleaved** (``common.timing.time_interleaved``: one call of each
+  per round), so that load from other processes hits all of them alike; returns
+  ``{name: {'median', 'min'}}`` in seconds."""
+  t = timing.time_interleaved(fns, repeats, warmup=warmup)
+  return {k: {'median': v.median, 'min': v.min} for k, v in t.items()}
 
 
 def layer_latency(sm: SparseModel, dm: SparseModel, specs, batch: int = 1,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import schedules
+from common import timing
 from common import train
 from recu.configs import digits as digits_config
 from recu.train import ReCU
@@ -61,14 +62,8 @@ def build_step(meth, batch: int, hw: int, extra: Optional[Dict[str, Any]] = None
 
 
 def seconds_per_call(fn: Callable[[], Any], n: int) -> float:
-  """Wall seconds per call of ``fn`` over ``n`` back-to-back calls, synchronised once at the end
-  (the calls queue asynchronously; ``block_until_ready`` on the last output waits for all)."""
-  t0 = time.perf_counter()
-  out = None
-  for _ in range(n):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t0) / n
+  """Wall seconds per call of ``fn`` over ``n`` back-to-back calls (``common.timing``)."""
+  return timing.loop_seconds(fn, n)
 
 
 def time_interleaved(nets: Dict[str, Tuple], steps: int, repeats: int) -> Dict[str, float]:

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import binarize
+from common import losses
 from common import train
 from common import transforms
 from recu import recu
@@ -79,12 +80,12 @@ def binarize_params(params, tau, weight_binarizer: str = 'recu'):
 
 
 def kd_loss(student_logits, teacher_logits):
-  """Two-stage distillation loss: ``mean_b(-sum_k softmax(t)_k log_softmax(s)_k)``.
+  """Two-stage distillation loss (z-hXu/ReCU ``imagenet_two-stage``, stage 2):
+  ``mean_b(-sum_k softmax(t)_k log_softmax(s)_k)`` = ``common.losses.soft_cross_entropy`` at T = 1.
 
   ``[B, K], [B, K] -> scalar``; the teacher is a constant (no gradient).
   """
-  t = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32), axis=-1)
-  return jnp.mean(-jnp.sum(t * jax.nn.log_softmax(student_logits.astype(jnp.float32), -1), -1))
+  return losses.soft_cross_entropy(student_logits, teacher_logits)
 
 
 @jax.jit

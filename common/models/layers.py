@@ -1,6 +1,7 @@
 """Conv / BN / dense building blocks shared by the model zoo, with PyTorch-faithful defaults.
 
-Why these wrappers exist (spec ``pruning-dcff-1xn-whitebox-jackpot.md`` §0.3, §0.5):
+Why these wrappers exist (PyTorch's ``torch.nn.Conv2d`` / ``BatchNorm2d`` / ``Linear`` defaults,
+which every official repository reimplemented here trains with):
 
 * Padding is always the explicit symmetric PyTorch padding ``k // 2`` (never Flax 'SAME', which
   pads stride-2 convs asymmetrically ``(0, 1)`` and would break converted torchvision weights).
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 INITS = ('pytorch', 'kaiming_normal_fan_in', 'kaiming_normal_fan_out', 'flax')
 DENSE_INITS = ('pytorch', 'kaiming_normal_fan_in', 'kaiming_normal_fan_out', 'flax', 'normal_0.01')
 
-BN_MOMENTUM = 0.9   # PyTorch momentum 0.1 (spec §0.3)
+BN_MOMENTUM = 0.9   # running = 0.9 running + 0.1 batch: PyTorch's momentum=0.1
 BN_EPS = 1e-5
 
 
@@ -179,7 +180,8 @@ def batch_norm(train: bool, name: str, axis_name: Optional[str] = None) -> nn.Ba
   """BatchNorm with PyTorch's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5, scale 1, bias 0).
 
   Flax stores the *biased* batch variance in ``batch_stats/var``; PyTorch stores the unbiased one
-  (spec §0.3): a ``B*H*W / (B*H*W - 1)`` difference in the running variance only.
+  (``torch.nn.BatchNorm2d`` docs): a ``B*H*W / (B*H*W - 1)`` difference in the running variance
+  only.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
                       axis_name=axis_name, name=name)
@@ -196,7 +198,8 @@ def classifier(feats, num_classes: int, *, as_conv: bool, init: str, name: str =
   """The final linear layer on pooled features ``[B, C] -> [B, num_classes]`` (with bias).
 
   ``as_conv=True`` implements it as a 1x1 conv with bias (kernel ``[1, 1, C, K]``), as the 1xN and
-  Lottery-Jackpot code do (spec §2.4, §4.4), so that masks / rearrangement treat it like a conv.
+  Lottery-Jackpot code do (lmbxmu/1xN ``models/``, zyxxmu/lottery-jackpots ``models/``: the
+  classifier is a 1x1 conv with bias), so that masks / rearrangement treat it like a conv.
   """
   c = feats.shape[-1]
   if as_conv:
@@ -210,13 +213,16 @@ def global_avg_pool(x):
   return jnp.mean(x, axis=(1, 2))
 
 
-def act_fn(name: str):
-  """'relu' or 'relu6' (MobileNet-V2's activation)."""
-  if name == 'relu':
+def act_fn(act):
+  """The activation callable of ``act``: 'relu', 'relu6' (MobileNet-V2's), or any callable
+  ``Array -> Array`` of the same shape (returned as is, e.g. ``jnp.tanh``)."""
+  if callable(act):
+    return act
+  if act == 'relu':
     return nn.relu
-  if name == 'relu6':
+  if act == 'relu6':
     return nn.relu6
-  raise ValueError(f'unknown activation {name!r}; allowed: relu, relu6')
+  raise ValueError(f'unknown activation {act!r}; allowed: relu, relu6 or a callable')
 
 
 def check_int_list(name: str, value, length: Optional[int] = None) -> Tuple[int, ...]:

@@ -1,32 +1,38 @@
 """MobileNet-V1 (Howard et al. 2017) with per-layer widths (1xN and PSS-Net layouts).
 
-Layout (1xN ``models/mobilenet_v1.py``, PSS-Net ``models/mobilenet_v1.py``; spec
-``pruning-dcff-1xn-whitebox-jackpot.md`` §2.4, ``pss-lecnet.md`` §1.3): 3x3 stem conv (stride 2) +
-BN + act; n depthwise-separable blocks ``act(bn(dw 3x3, stride s)) -> act(bn(pw 1x1))``; global
-average pool; classifier (Linear, or with ``classifier_as_conv=True`` the 1xN 1x1 conv with bias).
+Layout (lmbxmu/1xN ``models/mobilenet_v1.py``, chenbong/PSS-Net ``models/mobilenet_v1.py``): 3x3
+stem conv (stride 2) + BN + act; n depthwise-separable blocks ``act(bn(dw 3x3, stride s)) ->
+act(bn(pw 1x1))``; global average pool; classifier (Linear, or with ``classifier_as_conv=True`` the
+1xN 1x1 conv with bias).
 
 Width config: a list ``[stem, pw_1, ..., pw_n]`` of n + 1 positive ints (PSS-Net's 14 slimmable
 widths); each depthwise conv keeps its input width. Default (n = 13):
 ``[32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]`` with block strides
 ``[1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]`` (``strides`` kwarg; required when n != 13).
 
-Options: ``act`` ('relu' as 1xN and the paper; PSS-Net uses 'relu6'), ``pointwise_bias`` (1xN's
-pointwise convs carry a bias that is zero and frozen, i.e. no bias in effect; default False),
-``stem_stride`` (2), ``classifier_as_conv``, ``init`` (default PSS / torchvision-style
-``'kaiming_normal_fan_out'`` with ``dense_init='normal_0.01'``: PSS ``reset_parameters``).
+Options: ``act`` ('relu' as 1xN and the paper; PSS-Net uses 'relu6'; or any callable),
+``pointwise_bias`` (1xN's pointwise convs carry a bias that is zero and frozen, i.e. no bias in
+effect; default False), ``stem_stride`` (2), ``classifier_as_conv``, ``init`` (default PSS /
+torchvision-style ``'kaiming_normal_fan_out'`` with ``dense_init='normal_0.01'``: PSS
+``reset_parameters``).
 
-Registered names: ``mobilenet_v1`` (ImageNet) and ``mobilenet_v1_tiny`` (PSS-Net's tiny
-experiment, spec ``pss-lecnet.md`` §1.13: stem 16 stride 1, blocks 32, 64/2, 64, 128/2, 128).
+Registered names: ``mobilenet_v1`` (ImageNet) and ``mobilenet_v1_tiny`` (stem 16 stride 1, blocks
+32, 64/2, 64, 128/2, 128: a MobileNet-V1 small enough for CPU-scale PSS-Net runs).
 Param paths: ``conv1, bn1, block{i}/{dw_conv, dw_bn, pw_conv, pw_bn}, fc``; roles stem,
 depthwise, pointwise, classifier.
+
+Tap sites (``common.models.taps``), in forward order: ``bn1_in, act1`` (stem), then per block
+``block{i}/{dw_bn_in, dw_act, pw_bn_in, pw_act, out}`` (``out`` = ``pw_act``'s result), then
+``features``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 
 from common.models import layers as L
+from common.models import taps as T
 from common.models.registry import register
 from common.models.specs import SpecBuilder
 
@@ -60,13 +66,14 @@ def parse(name: str, widths, strides=None, stem_stride=None):
 
 
 class MobileNetV1(nn.Module):
-  """``x [B, H, W, 3] -> logits [B, num_classes]``; sows pooled features ``[B, widths[-1]]``.
-  ``init_scheme`` is ``get_model``'s ``init`` kwarg."""
+  """``__call__(x [B, H, W, 3], train, tap=None) -> logits [B, num_classes]``; sows pooled features
+  ``[B, widths[-1]]``. ``init_scheme`` is ``get_model``'s ``init`` kwarg; ``act`` and ``tap``: see
+  the module docstring."""
   num_classes: int
   widths: Tuple[int, ...]
   strides: Tuple[int, ...]
   stem_stride: int = 2
-  act: str = 'relu'
+  act: Any = 'relu'
   pointwise_bias: bool = False
   classifier_as_conv: bool = False
   init_scheme: str = 'kaiming_normal_fan_out'
@@ -74,17 +81,17 @@ class MobileNetV1(nn.Module):
   bn_axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
     init, dense_init = L.check_init(self.init_scheme, self.dense_init)
     act = L.act_fn(self.act)
-    bn = lambda n: L.batch_norm(train, n, self.bn_axis_name)
     x = L.conv(self.widths[0], 3, in_ch=x.shape[-1], stride=self.stem_stride, init=init,
                name='conv1')(x)
-    x = act(bn('bn1')(x))
+    x = L.batch_norm(train, 'bn1', self.bn_axis_name)(T.at(tap, 'bn1_in', x))
+    x = T.at(tap, 'act1', act(x))
     for i, (w, s) in enumerate(zip(self.widths[1:], self.strides)):
       x = DepthwiseSeparable(w, s, self.act, self.pointwise_bias, init, self.bn_axis_name,
-                name=f'block{i}')(x, train)
-    feats = L.global_avg_pool(x)
+                             name=f'block{i}')(x, train, T.within(tap, f'block{i}'))
+    feats = T.at(tap, 'features', L.global_avg_pool(x))
     self.sow('intermediates', 'features', feats)
     return L.classifier(feats, self.num_classes, as_conv=self.classifier_as_conv, init=dense_init)
 
@@ -93,23 +100,24 @@ class DepthwiseSeparable(nn.Module):
   """Depthwise-separable block ``[B,H,W,C] -> [B,H/s,W/s,out]``."""
   out: int
   stride: int
-  act: str
+  act: Any
   pointwise_bias: bool
   init: str
   bn_axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
     act = L.act_fn(self.act)
+    bn = lambda n, h: L.batch_norm(train, n, self.bn_axis_name)(T.at(tap, f'{n}_in', h))
     c = x.shape[-1]
     x = L.conv(c, 3, in_ch=c, stride=self.stride, groups=c, init=self.init, name='dw_conv')(x)
-    x = act(L.batch_norm(train, 'dw_bn', self.bn_axis_name)(x))
+    x = T.at(tap, 'dw_act', act(bn('dw_bn', x)))
     x = L.conv(self.out, 1, in_ch=c, bias=self.pointwise_bias, init=self.init, name='pw_conv')(x)
-    return act(L.batch_norm(train, 'pw_bn', self.bn_axis_name)(x))
+    return T.at(tap, 'out', T.at(tap, 'pw_act', act(bn('pw_bn', x))))
 
 
 def layer_specs_of(name, widths, input_hw, num_classes, *, strides=None, stem_stride=None,
-                   act: str = 'relu', pointwise_bias: bool = False,
+                   act: Any = 'relu', pointwise_bias: bool = False,
                    classifier_as_conv: bool = False, init: str = 'kaiming_normal_fan_out',
                    dense_init: Optional[str] = 'normal_0.01', bn_axis_name: Optional[str] = None):
   """Specs in forward order (no residual sums in MobileNet-V1)."""

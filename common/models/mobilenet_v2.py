@@ -11,17 +11,18 @@ Defaults (17 blocks, t/c/n/s = 1/16/1/1, 6/24/2/2, 6/32/3/2, 6/64/4/2, 6/96/3/1,
 6/320/1/1): stem 32, hidden ``[32, 96, 144, 144, 192, 192, 192, 384, 384, 384, 384, 576, 576, 576,
 960, 960, 960]`` (= 6 x block input, block 0 has t = 1), out ``[16, 24, 24, 32, 32, 32, 64, 64, 64,
 64, 96, 96, 96, 160, 160, 160, 320]``, last 1280. PSS-Net's slimmed subnets are explicit lists of
-this form (hidden = ``make_divisible(6 * active input)``; spec ``pss-lecnet.md`` §1.3).
+this form (hidden = ``make_divisible(6 * active input)``: chenbong/PSS-Net computes the expansion
+width from the block's active input width).
 
-``mobilenet_v2`` (ImageNet; torchvision / 1xN layout, spec ``pruning-dcff-1xn-whitebox-jackpot.md``
-§2.4): stem stride 2; block strides ``[1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]``; block 0
-has no expansion conv (t = 1: ``hidden[0]`` must equal ``stem``); identity residual iff stride 1
-and input width == output width; ReLU6; final 1x1 conv + BN + ReLU6; global average pool;
-dropout (default 0, as 1xN; torchvision uses 0.2); classifier (Linear or, with
-``classifier_as_conv=True``, the 1xN 1x1 conv with bias). Default init = torchvision
-(``init='kaiming_normal_fan_out'``, ``dense_init='normal_0.01'``).
+``mobilenet_v2`` (ImageNet; torchvision ``mobilenetv2.py`` / lmbxmu/1xN ``models/mobilenet_v2.py``
+layout): stem stride 2; block strides ``[1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]``; block
+0 has no expansion conv (t = 1: ``hidden[0]`` must equal ``stem``); identity residual iff stride 1
+and input width == output width; ReLU6; final 1x1 conv + BN + ReLU6; global average pool; dropout
+(default 0, as 1xN; torchvision uses 0.2); classifier (Linear or, with ``classifier_as_conv=True``,
+the 1xN 1x1 conv with bias). Default init = torchvision (``init='kaiming_normal_fan_out'``,
+``dense_init='normal_0.01'``).
 
-``mobilenet_v2_cifar`` (White-Box ``model/mobilenet_v2.py: MobileNetV2``, spec §3.2): stem stride 1;
+``mobilenet_v2_cifar`` (zyxxmu/White-Box ``model/mobilenet_v2.py: MobileNetV2``): stem stride 1;
 every block has an expansion conv (block 0 expands 32 -> 32); block strides 2 only at blocks 6
 and 13 (the fine-tuned/pruned model; White-Box's class model, kuangliu's layout, uses
 ``strides`` with 2 at blocks 3, 6, 13 and ``act='relu'``); shortcut: identity when stride 1 and
@@ -31,14 +32,21 @@ default init (``init='pytorch'``: that class has no ``_initialize_weights``).
 Param paths: ``conv1, bn1`` (stem), ``block{i}/{expand_conv, expand_bn, dw_conv, dw_bn,
 project_conv, project_bn, shortcut_conv, shortcut_bn}``, ``conv_last, bn_last``, ``fc``.
 Roles: stem, expand, depthwise, project, shortcut, pointwise (``conv_last``), classifier.
+
+Activation: the ``act`` option ('relu6' default, 'relu', or a callable). Tap sites
+(``common.models.taps``), in forward order: ``bn1_in, act1`` (stem), then per block
+``block{i}/{[expand_bn_in, expand_act,] dw_bn_in, dw_act, project_bn_in, [shortcut_bn_in,] out}``
+(``out`` = the projection plus the shortcut, no activation), then ``bn_last_in, act_last`` and
+``features``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 
 from common.models import layers as L
+from common.models import taps as T
 from common.models.registry import register
 from common.models.specs import SpecBuilder
 
@@ -106,37 +114,38 @@ class InvertedResidual(nn.Module):
   stride: int
   expand: bool
   shortcut: str
-  act: str
+  act: Any
   init: str
   bn_axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
     act = L.act_fn(self.act)
-    bn = lambda n: L.batch_norm(train, n, self.bn_axis_name)
+    bn = lambda n, h: L.batch_norm(train, n, self.bn_axis_name)(T.at(tap, f'{n}_in', h))
     cin = x.shape[-1]
     y = x
     if self.expand:
       y = L.conv(self.hidden, 1, in_ch=cin, init=self.init, name='expand_conv')(y)
-      y = act(bn('expand_bn')(y))
+      y = T.at(tap, 'expand_act', act(bn('expand_bn', y)))
     y = L.conv(self.hidden, 3, in_ch=self.hidden, stride=self.stride, groups=self.hidden,
                init=self.init, name='dw_conv')(y)
-    y = act(bn('dw_bn')(y))
+    y = T.at(tap, 'dw_act', act(bn('dw_bn', y)))
     y = L.conv(self.out, 1, in_ch=self.hidden, init=self.init, name='project_conv')(y)
-    y = bn('project_bn')(y)
+    y = bn('project_bn', y)
     if self.shortcut == 'identity':
       y = y + x
     elif self.shortcut == 'conv':
-      y = y + bn('shortcut_bn')(L.conv(self.out, 1, in_ch=cin, init=self.init,
+      y = y + bn('shortcut_bn', L.conv(self.out, 1, in_ch=cin, init=self.init,
                                        name='shortcut_conv')(x))
-    return y
+    return T.at(tap, 'out', y)
 
 
 class MobileNetV2(nn.Module):
   """MobileNet-V2 (layout chosen by ``variant``; see the module docstring).
 
-  ``__call__(x [B, H, W, 3], train) -> logits [B, num_classes]``; sows pooled features
-  ``[B, last]``. ``init_scheme`` is ``get_model``'s ``init`` kwarg.
+  ``__call__(x [B, H, W, 3], train, tap=None) -> logits [B, num_classes]``; sows pooled features
+  ``[B, last]``. ``init_scheme`` is ``get_model``'s ``init`` kwarg; ``act`` and ``tap``: see the
+  module docstring.
   """
   num_classes: int
   stem: int
@@ -146,7 +155,7 @@ class MobileNetV2(nn.Module):
   strides: Tuple[int, ...]
   stem_stride: int
   variant: str = 'imagenet'
-  act: str = 'relu6'
+  act: Any = 'relu6'
   dropout: float = 0.0
   classifier_as_conv: bool = False
   init_scheme: str = 'kaiming_normal_fan_out'
@@ -154,19 +163,20 @@ class MobileNetV2(nn.Module):
   bn_axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
     init, dense_init = L.check_init(self.init_scheme, self.dense_init)
     act = L.act_fn(self.act)
+    bn = lambda n, h: L.batch_norm(train, n, self.bn_axis_name)(T.at(tap, f'{n}_in', h))
     x = L.conv(self.stem, 3, in_ch=x.shape[-1], stride=self.stem_stride, init=init, name='conv1')(x)
-    x = act(L.batch_norm(train, 'bn1', self.bn_axis_name)(x))
+    x = T.at(tap, 'act1', act(bn('bn1', x)))
     plan = block_plan(self.variant, self.stem, self.hidden, self.out, self.strides)
     for i, ((_, expand, shortcut), h, o, s) in enumerate(zip(plan, self.hidden, self.out,
                                                               self.strides)):
       x = InvertedResidual(h, o, s, expand, shortcut, self.act, init, self.bn_axis_name,
-                           name=f'block{i}')(x, train)
+                           name=f'block{i}')(x, train, T.within(tap, f'block{i}'))
     x = L.conv(self.last, 1, in_ch=x.shape[-1], init=init, name='conv_last')(x)
-    x = act(L.batch_norm(train, 'bn_last', self.bn_axis_name)(x))
-    feats = L.global_avg_pool(x)
+    x = T.at(tap, 'act_last', act(bn('bn_last', x)))
+    feats = T.at(tap, 'features', L.global_avg_pool(x))
     self.sow('intermediates', 'features', feats)
     if self.dropout:
       feats = nn.Dropout(self.dropout, deterministic=not train)(feats)
@@ -174,7 +184,7 @@ class MobileNetV2(nn.Module):
 
 
 def layer_specs_of(name, variant, widths, input_hw, num_classes, *, strides=None, stem_stride=None,
-                   act: str = 'relu6', dropout: float = 0.0, classifier_as_conv: bool = False,
+                   act: Any = 'relu6', dropout: float = 0.0, classifier_as_conv: bool = False,
                    init: Optional[str] = None, dense_init: Optional[str] = None,
                    bn_axis_name: Optional[str] = None):
   """Specs in forward order. A projection feeds a residual sum when its block adds a shortcut or

@@ -1,7 +1,8 @@
 """ImageNet ResNet-18/34/50 (torchvision v1.5: the stride sits on the 3x3 conv) with per-layer widths.
 
-Layout (torchvision ``resnet.py``; DCFF ``models/imagenet/resnet.py``, 1xN, White-Box, Jackpot;
-spec ``pruning-dcff-1xn-whitebox-jackpot.md`` §1.4, §2.4, §3.2, §4.4): 7x7/2 stem conv + BN + ReLU,
+Layout (torchvision ``resnet.py``; lmbxmu/DCFF ``models/imagenet/resnet.py``, lmbxmu/1xN
+``models/``, zyxxmu/White-Box ``model/``, zyxxmu/lottery-jackpots ``models/``): 7x7/2 stem conv +
+BN + act (ReLU),
 3x3/2 max-pool (padding 1), four stages (first block of stages 2-4 has stride 2), global average
 pool, classifier (Linear, or the 1xN / Jackpot 1x1 conv with bias via ``classifier_as_conv``).
 A block gets a projection shortcut ``downsample_conv`` (1x1, stride s) + ``downsample_bn`` when
@@ -21,20 +22,29 @@ Width configs (JSON-serialisable dicts, every key required):
        'conv1': [[64] * 3, [128] * 4, [256] * 6, [512] * 3],   # per-block conv1 widths
        'conv2': [[64] * 3, [128] * 4, [256] * 6, [512] * 3]}   # per-block conv2 widths
 
-  ``stages``: conv3 width of every block of the stage; the downsample conv follows it (DCFF's stage
-  rate "applies to every conv3 in the stage and to the downsample conv", §1.4).
+  ``stages``: conv3 width of every block of the stage; the downsample conv follows it (DCFF's
+  ``cprate`` has one rate per stage for every conv3 of the stage and its downsample conv:
+  lmbxmu/DCFF ``models/imagenet/resnet.py``).
 
 Default init: torchvision (``init='kaiming_normal_fan_out'``, BN (1, 0), Linear PyTorch default), as
 DCFF's ResNet-50 trains from scratch. Param paths ``conv1, bn1, layer{s}_{b}/{conv1, bn1, conv2,
 bn2[, conv3, bn3][, downsample_conv, downsample_bn]}, fc`` (s from 1, b from 0).
+
+Activation: the ``act`` option ('relu' default, 'relu6', or a callable). Tap sites
+(``common.models.taps``), in forward order: ``bn1_in, act1`` (stem, before the max-pool), then per
+block ``layer{s}_{b}/{bn1_in, act1, bn2_in, ...}``: basic ``bn1_in, act1, bn2_in``, bottleneck
+``bn1_in, act1, bn2_in, act2, bn3_in``; then ``downsample_bn_in`` when the block has a projection
+shortcut; then the activation of the residual sum (``act2`` basic, ``act3`` bottleneck) and
+``out``; finally ``features``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 
 from common.models import layers as L
+from common.models import taps as T
 from common.models.registry import register
 from common.models.specs import SpecBuilder
 
@@ -76,37 +86,44 @@ def parse(name: str, widths):
 
 
 class Block(nn.Module):
-  """Basic (``mids = (w,)``) or bottleneck (``mids = (w1, w2)``) block, v1.5 stride placement."""
+  """Basic (``mids = (w,)``) or bottleneck (``mids = (w1, w2)``) block, v1.5 stride placement;
+  tap sites as listed in the module docstring (relative to the block)."""
   mids: Tuple[int, ...]
   out: int
   stride: int
   init: str
   bn_axis_name: Optional[str] = None
+  act: Any = 'relu'
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    bn = lambda n: L.batch_norm(train, n, self.bn_axis_name)
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
+    act = L.act_fn(self.act)
+    bn = lambda n, h: L.batch_norm(train, n, self.bn_axis_name)(T.at(tap, f'{n}_in', h))
     cin = x.shape[-1]
     if len(self.mids) == 1:
       y = L.conv(self.mids[0], 3, in_ch=cin, stride=self.stride, init=self.init, name='conv1')(x)
-      y = nn.relu(bn('bn1')(y))
-      y = bn('bn2')(L.conv(self.out, 3, in_ch=self.mids[0], init=self.init, name='conv2')(y))
+      y = T.at(tap, 'act1', act(bn('bn1', y)))
+      y = bn('bn2', L.conv(self.out, 3, in_ch=self.mids[0], init=self.init, name='conv2')(y))
+      last = 'act2'
     else:
       w1, w2 = self.mids
-      y = nn.relu(bn('bn1')(L.conv(w1, 1, in_ch=cin, init=self.init, name='conv1')(x)))
+      y = T.at(tap, 'act1', act(bn('bn1', L.conv(w1, 1, in_ch=cin, init=self.init,
+                                                     name='conv1')(x))))
       y = L.conv(w2, 3, in_ch=w1, stride=self.stride, init=self.init, name='conv2')(y)
-      y = nn.relu(bn('bn2')(y))
-      y = bn('bn3')(L.conv(self.out, 1, in_ch=w2, init=self.init, name='conv3')(y))
+      y = T.at(tap, 'act2', act(bn('bn2', y)))
+      y = bn('bn3', L.conv(self.out, 1, in_ch=w2, init=self.init, name='conv3')(y))
+      last = 'act3'
     if self.stride != 1 or cin != self.out:
       x = L.conv(self.out, 1, in_ch=cin, stride=self.stride, init=self.init,
                  name='downsample_conv')(x)
-      x = bn('downsample_bn')(x)
-    return nn.relu(y + x)
+      x = bn('downsample_bn', x)
+    return T.at(tap, 'out', T.at(tap, last, act(y + x)))
 
 
 class ResNet(nn.Module):
-  """ImageNet ResNet: ``x [B, H, W, 3] -> logits [B, num_classes]``; sows pooled features
-  ``[B, stages[-1]]``. ``blocks[s][b]`` is a block's mid widths; ``init_scheme`` = ``init`` kwarg."""
+  """ImageNet ResNet: ``__call__(x [B, H, W, 3], train, tap=None) -> logits [B, num_classes]``;
+  sows pooled features ``[B, stages[-1]]``. ``blocks[s][b]`` is a block's mid widths;
+  ``init_scheme`` = ``init`` kwarg; ``act`` and ``tap``: see the module docstring."""
   num_classes: int
   stem: int
   stages: Tuple[int, ...]
@@ -115,19 +132,23 @@ class ResNet(nn.Module):
   init_scheme: str = 'kaiming_normal_fan_out'
   dense_init: Optional[str] = None
   bn_axis_name: Optional[str] = None
+  act: Any = 'relu'
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
     init, dense_init = L.check_init(self.init_scheme, self.dense_init)
+    act = L.act_fn(self.act)
     x = L.conv(self.stem, 7, in_ch=x.shape[-1], stride=2, init=init, name='conv1')(x)
-    x = nn.relu(L.batch_norm(train, 'bn1', self.bn_axis_name)(x))
+    x = L.batch_norm(train, 'bn1', self.bn_axis_name)(T.at(tap, 'bn1_in', x))
+    x = T.at(tap, 'act1', act(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, (out, blocks) in enumerate(zip(self.stages, self.blocks)):
       for b, mids in enumerate(blocks):
         stride = 2 if (s > 0 and b == 0) else 1
-        x = Block(tuple(mids), out, stride, init, self.bn_axis_name,
-                  name=f'layer{s + 1}_{b}')(x, train)
-    feats = L.global_avg_pool(x)
+        name = f'layer{s + 1}_{b}'
+        x = Block(tuple(mids), out, stride, init, self.bn_axis_name, self.act,
+                  name=name)(x, train, T.within(tap, name))
+    feats = T.at(tap, 'features', L.global_avg_pool(x))
     self.sow('intermediates', 'features', feats)
     return L.classifier(feats, self.num_classes, as_conv=self.classifier_as_conv, init=dense_init)
 
@@ -141,10 +162,11 @@ def _as_blocks(name, per_block):
 
 def layer_specs_of(name, widths, input_hw, num_classes, *, classifier_as_conv: bool = False,
                    init: str = 'kaiming_normal_fan_out', dense_init: Optional[str] = None,
-                   bn_axis_name: Optional[str] = None):
+                   bn_axis_name: Optional[str] = None, act: Any = 'relu'):
   """Specs in forward order; block outputs and downsample convs feed the residual sum, and so
   does the stem when the first block has no downsample."""
   L.check_init(init, dense_init)
+  L.act_fn(act)
   stem, stages, per_block = parse(name, widths)
   blocks = _as_blocks(name, per_block)
   b = SpecBuilder(input_hw)
@@ -179,6 +201,7 @@ def _register(name: str):
   def build(num_classes, widths, init='kaiming_normal_fan_out', **kwargs):
     stem, stages, per_block = parse(name, widths)
     L.check_init(init, kwargs.get('dense_init'))
+    L.act_fn(kwargs.get('act', 'relu'))
     return ResNet(num_classes=num_classes, stem=stem, stages=stages,
                   blocks=_as_blocks(name, per_block), init_scheme=init, **kwargs)
 

@@ -1,9 +1,10 @@
 """CIFAR ResNets (He et al. 2016, §4.2) with option-A shortcuts and per-layer widths.
 
-Layout (akamaster / DCFF ``models/cifar/resnet.py``; spec ``pruning-dcff-1xn-whitebox-jackpot.md``
-§1.4, §3.2, §4.4): 3x3 stem conv + BN + ReLU; S stages of basic blocks
-``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``, the first block of every stage after the
-first has stride 2 (on conv1); global average pool; linear classifier. Depth = 2 + 2 * #blocks.
+Layout (akamaster/pytorch_resnet_cifar10 ``resnet.py``, lmbxmu/DCFF ``models/cifar/resnet.py``,
+zyxxmu/White-Box ``model/``, zyxxmu/lottery-jackpots ``models/``): 3x3 stem conv + BN + act; S
+stages of basic blocks ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``, the first block of
+every stage after the first has stride 2 (on conv1); global average pool; linear classifier. Depth =
+2 + 2 * #blocks.
 
 Option-A shortcut (parameter-free), used whenever the stride is 2 or the widths differ:
 subsample ``x[:, ::2, ::2]`` (stride 2 only) and zero-pad channels with
@@ -23,17 +24,23 @@ the wide ResNet-32 ``stem 32, stages [32, 64, 128]``. The number of blocks per s
 Registered names: ``resnet8/14/20/32/44/56/110`` (16/32/64) and ``resnet32_wide`` (32/64/128).
 Param paths: ``conv1, bn1, layer{s}_{b}/{conv1,bn1,conv2,bn2}, fc`` (s from 1, b from 0).
 
+Activation: the ``act`` option ('relu', the default as in every CIFAR ResNet repository, 'relu6',
+or a callable). Tap sites (``common.models.taps``), in forward order: ``bn1_in, act1``, then per
+block ``layer{s}_{b}/{bn1_in, act1, bn2_in, act2, out}`` (``act2`` = act of the residual sum =
+the block output), then ``features``.
+
 Default init ``'kaiming_normal_fan_in'`` (akamaster ``_weights_init``: conv and Linear weights
 kaiming-normal fan_in, Linear bias PyTorch default; BN (1, 0)) as DCFF and White-Box train it.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from common.models import layers as L
+from common.models import taps as T
 from common.models.registry import register
 from common.models.specs import SpecBuilder
 
@@ -43,7 +50,8 @@ DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 def option_a_shortcut(x, out_ch: int, stride: int):
   """Option-A shortcut ``[B, H, W, C_in] -> [B, H/stride, W/stride, C_out]`` (zero-pad channels).
 
-  ``left = (C_out - C_in) // 2`` zero channels in front, the rest behind (spec §1.4).
+  ``left = (C_out - C_in) // 2`` zero channels in front, the rest behind (lmbxmu/DCFF
+  ``models/cifar/resnet.py``: ``BasicBlock``'s shortcut, akamaster's ``planes // 4`` generalised).
   """
   in_ch = x.shape[-1]
   if out_ch < in_ch:
@@ -59,29 +67,38 @@ def option_a_shortcut(x, out_ch: int, stride: int):
 
 
 class BasicBlockA(nn.Module):
-  """Basic block with option-A shortcut: ``[B,H,W,C_in] -> [B,H/s,W/s,out]``."""
+  """Basic block with option-A shortcut: ``[B,H,W,C_in] -> [B,H/s,W/s,out]``.
+
+  Tap sites (relative to the block): ``bn1_in``, ``act1``, ``bn2_in``, ``act2`` (the activation of
+  the residual sum), ``out``.
+  """
   inner: int
   out: int
   stride: int
   init: str
   bn_axis_name: Optional[str] = None
+  act: Any = 'relu'
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
+    act = L.act_fn(self.act)
     in_ch = x.shape[-1]
     y = L.conv(self.inner, 3, in_ch=in_ch, stride=self.stride, init=self.init, name='conv1')(x)
-    y = nn.relu(L.batch_norm(train, 'bn1', self.bn_axis_name)(y))
+    y = T.at(tap, 'bn1_in', y)
+    y = T.at(tap, 'act1', act(L.batch_norm(train, 'bn1', self.bn_axis_name)(y)))
     y = L.conv(self.out, 3, in_ch=self.inner, init=self.init, name='conv2')(y)
-    y = L.batch_norm(train, 'bn2', self.bn_axis_name)(y)
-    return nn.relu(y + option_a_shortcut(x, self.out, self.stride))
+    y = L.batch_norm(train, 'bn2', self.bn_axis_name)(T.at(tap, 'bn2_in', y))
+    y = T.at(tap, 'act2', act(y + option_a_shortcut(x, self.out, self.stride)))
+    return T.at(tap, 'out', y)
 
 
 class ResNetCifar(nn.Module):
   """CIFAR ResNet with option-A shortcuts (widths in the module docstring's format, as fields).
 
-  ``get_model``'s ``init=`` kwarg is the field ``init_scheme`` (``init`` is ``Module.init``).
-  ``__call__(x [B, H, W, 3], train) -> logits [B, num_classes]``; sows the pooled features
-  ``[B, stages[-1]]`` as ``intermediates/features``.
+  ``get_model``'s ``init=`` kwarg is the field ``init_scheme`` (``init`` is ``Module.init``);
+  ``act`` is 'relu' (default), 'relu6' or any callable.
+  ``__call__(x [B, H, W, 3], train, tap=None) -> logits [B, num_classes]``; sows the pooled features
+  ``[B, stages[-1]]`` as ``intermediates/features``; ``tap``: see the module docstring.
   """
   num_classes: int
   stem: int
@@ -91,18 +108,22 @@ class ResNetCifar(nn.Module):
   dense_init: Optional[str] = None
   classifier_as_conv: bool = False
   bn_axis_name: Optional[str] = None
+  act: Any = 'relu'
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
     init, dense_init = L.check_init(self.init_scheme, self.dense_init)
+    act = L.act_fn(self.act)
     x = L.conv(self.stem, 3, in_ch=x.shape[-1], init=init, name='conv1')(x)
-    x = nn.relu(L.batch_norm(train, 'bn1', self.bn_axis_name)(x))
+    x = L.batch_norm(train, 'bn1', self.bn_axis_name)(T.at(tap, 'bn1_in', x))
+    x = T.at(tap, 'act1', act(x))
     for s, (out, inners) in enumerate(zip(self.stages, self.inner)):
       for b, inner in enumerate(inners):
         stride = 2 if (s > 0 and b == 0) else 1
-        x = BasicBlockA(inner, out, stride, init, self.bn_axis_name,
-                        name=f'layer{s + 1}_{b}')(x, train)
-    feats = L.global_avg_pool(x)
+        name = f'layer{s + 1}_{b}'
+        x = BasicBlockA(inner, out, stride, init, self.bn_axis_name, self.act,
+                        name=name)(x, train, T.within(tap, name))
+    feats = T.at(tap, 'features', L.global_avg_pool(x))
     self.sow('intermediates', 'features', feats)
     return L.classifier(feats, self.num_classes, as_conv=self.classifier_as_conv, init=dense_init)
 
@@ -151,9 +172,11 @@ def uniform_widths(depth: int, stages=(16, 32, 64), stem: Optional[int] = None):
 
 def layer_specs_of(name: str, depth: Optional[int], widths, input_hw, num_classes,
                    init: str = 'kaiming_normal_fan_in', dense_init: Optional[str] = None,
-                   classifier_as_conv: bool = False, bn_axis_name: Optional[str] = None):
+                   classifier_as_conv: bool = False, bn_axis_name: Optional[str] = None,
+                   act: Any = 'relu'):
   """Specs in forward order; the stem and every conv2 feed the residual stream (option A)."""
   L.check_init(init, dense_init)
+  L.act_fn(act)
   stem, stages, inner = parse_widths(name, depth, widths)
   b = SpecBuilder(input_hw)
   in_ch = stem
@@ -173,6 +196,7 @@ def _register(name: str, depth: int, stages):
   def build(num_classes, widths, init='kaiming_normal_fan_in', **kwargs):
     stem, st, inner = parse_widths(name, depth, widths)
     L.check_init(init, kwargs.get('dense_init'))
+    L.act_fn(kwargs.get('act', 'relu'))
     return ResNetCifar(num_classes=num_classes, stem=stem, stages=st, inner=inner,
                        init_scheme=init, **kwargs)
 
@@ -184,5 +208,6 @@ def _register(name: str, depth: int, stages):
 
 for _d in DEPTHS:
   _register(f'resnet{_d}', _d, (16, 32, 64))
-# Lottery Jackpot's ResNet-32 (spec §4.4): stem 32, stages 32/64/128, 5 blocks each.
+# Lottery Jackpot's wide ResNet-32 (zyxxmu/lottery-jackpots ``models/``): stem 32, stages
+# 32/64/128, 5 blocks each (not the 16/32/64 ResNet-32).
 _register('resnet32_wide', 32, (32, 64, 128))

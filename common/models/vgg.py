@@ -1,10 +1,10 @@
 """CIFAR VGG-11/13/16/19 (+ a tiny VGG) with per-conv widths.
 
-Layout (DCFF / White-Box ``vgg_cifar.py``, Lottery Jackpot VGG-19; spec
-``pruning-dcff-1xn-whitebox-jackpot.md`` §1.4, §3.2, §4.4): every conv is 3x3 (padding 1) + BN +
-ReLU; a 2x2/2 max-pool follows the convs listed in ``pools``; then global average pooling (at 32x32
-input the five pools leave 1x1, so this is the repos' no-op ``AvgPool2d(1)`` + flatten) and the
-classifier (``Linear(widths[-1], K)``, or a 1x1 conv with bias for Jackpot's VGG-19).
+Layout (lmbxmu/DCFF and zyxxmu/White-Box ``vgg_cifar.py``, zyxxmu/lottery-jackpots VGG-19):
+every conv is 3x3 (padding 1) + BN + act (ReLU); a 2x2/2 max-pool follows the convs listed in
+``pools``; then global average pooling (at 32x32 input the five pools leave 1x1, so this is the
+repos' no-op ``AvgPool2d(1)`` + flatten) and the classifier (``Linear(widths[-1], K)``, or a 1x1
+conv with bias for Jackpot's VGG-19).
 
 Width config: a list with one positive int per conv, in forward order (13 for VGG-16, 16 for
 VGG-19), e.g. DCFF's compact VGG-16 ``[32, 32, 76, 76, 166, 166, 166, 76, 76, 76, 76, 76, 76]``.
@@ -14,17 +14,22 @@ biases; Jackpot's VGG-19 has none: pass False), ``classifier_as_conv`` (Jackpot)
 (default 'pytorch' as DCFF; White-Box: ``init='kaiming_normal_fan_out', dense_init='normal_0.01'``),
 ``pools`` (0-based conv indices followed by a max-pool; default: the VGG config's 'M' positions).
 
-Registered names: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19`` and ``vgg_tiny`` (DCFF tiny
-experiment, spec §1.10: 16,16,M,32,32,M,64,64,M). Param paths ``conv{i}``, ``bn{i}`` (i from 0),
+Registered names: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19`` and ``vgg_tiny`` (16,16,M,32,32,M,
+64,64,M: a VGG small enough for CPU-scale DCFF runs). Param paths ``conv{i}``, ``bn{i}`` (i from 0),
 ``fc``. Conv ``conv0`` has role 'stem', the others 'inner'; nothing feeds a residual sum.
+
+Activation: the ``act`` option ('relu' default, 'relu6', or a callable). Tap sites
+(``common.models.taps``), in forward order: ``bn{i}_in, act{i}`` for every conv i (``act{i}`` is
+before the max-pool that may follow), then ``features``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 
 from common.models import layers as L
+from common.models import taps as T
 from common.models.registry import register
 from common.models.specs import SpecBuilder
 
@@ -56,8 +61,9 @@ def cfg_pools(cfg) -> Tuple[int, ...]:
 
 
 class VGG(nn.Module):
-  """VGG for CIFAR: ``x [B, H, W, 3] -> logits [B, num_classes]``; sows pooled features
-  ``[B, widths[-1]]``. ``init_scheme`` is ``get_model``'s ``init`` kwarg."""
+  """VGG for CIFAR: ``__call__(x [B, H, W, 3], train, tap=None) -> logits [B, num_classes]``; sows
+  pooled features ``[B, widths[-1]]``. ``init_scheme`` is ``get_model``'s ``init`` kwarg; ``act``
+  and ``tap``: see the module docstring."""
   num_classes: int
   widths: Tuple[int, ...]
   pools: Tuple[int, ...]
@@ -66,16 +72,19 @@ class VGG(nn.Module):
   init_scheme: str = 'pytorch'
   dense_init: Optional[str] = None
   bn_axis_name: Optional[str] = None
+  act: Any = 'relu'
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
     init, dense_init = L.check_init(self.init_scheme, self.dense_init)
+    act = L.act_fn(self.act)
     for i, w in enumerate(self.widths):
       x = L.conv(w, 3, in_ch=x.shape[-1], bias=self.conv_bias, init=init, name=f'conv{i}')(x)
-      x = nn.relu(L.batch_norm(train, f'bn{i}', self.bn_axis_name)(x))
+      x = L.batch_norm(train, f'bn{i}', self.bn_axis_name)(T.at(tap, f'bn{i}_in', x))
+      x = T.at(tap, f'act{i}', act(x))
       if i in self.pools:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    feats = L.global_avg_pool(x)
+    feats = T.at(tap, 'features', L.global_avg_pool(x))
     self.sow('intermediates', 'features', feats)
     return L.classifier(feats, self.num_classes, as_conv=self.classifier_as_conv, init=dense_init)
 
@@ -97,9 +106,11 @@ def parse(name: str, widths, pools=None):
 
 def layer_specs_of(name, widths, input_hw, num_classes, *, pools=None, conv_bias: bool = True,
                    classifier_as_conv: bool = False, init: str = 'pytorch',
-                   dense_init: Optional[str] = None, bn_axis_name: Optional[str] = None):
+                   dense_init: Optional[str] = None, bn_axis_name: Optional[str] = None,
+                   act: Any = 'relu'):
   """Specs in forward order (conv, bn per layer; then the classifier)."""
   L.check_init(init, dense_init)
+  L.act_fn(act)
   ws, pls = parse(name, widths, pools)
   b = SpecBuilder(input_hw)
   cin = 3
@@ -117,6 +128,7 @@ def _register(name: str):
   def build(num_classes, widths, pools=None, init='pytorch', **kwargs):
     ws, pls = parse(name, widths, pools)
     L.check_init(init, kwargs.get('dense_init'))
+    L.act_fn(kwargs.get('act', 'relu'))
     return VGG(num_classes=num_classes, widths=ws, pools=pls, init_scheme=init, **kwargs)
 
   def specs(widths, input_hw, num_classes, **kwargs):
