@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from common import checkpoint as ckpt_lib
+from common.losses import cross_entropy  # re-exported: the engine's default loss
 from common import schedules
 
 Array = jax.Array
@@ -117,15 +118,6 @@ class Update:
   tx: optax.GradientTransformation
   mask: Any = None
   loss: Optional[Callable] = None
-
-
-def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
-  """Mean softmax cross-entropy over the batch; ``logits [B, K]``, integer ``labels [B]``."""
-  k = logits.shape[-1]
-  onehot = jax.nn.one_hot(labels, k, dtype=logits.dtype)
-  if label_smoothing:
-    onehot = onehot * (1 - label_smoothing) + label_smoothing / k
-  return jnp.mean(optax.softmax_cross_entropy(logits, onehot))
 
 
 def topk_correct(logits: Array, labels: Array, k: int) -> Array:

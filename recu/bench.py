@@ -17,7 +17,6 @@ by ``recu.train`` (``model_bits`` in results.json).
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
