@@ -1,8 +1,6 @@
-"""Fine-tune a pretrained model with fixed 1xN (or baseline) masks, the official 1xN recipe (spec §2.2).
+"""Fine-tune a pretrained model with fixed 1xN (or baseline) masks, the official 1xN recipe (lmbxmu/1xN ``imagenet.py: main``).
 
   python -m onexn.train --config=onexn/configs/digits_dense.py --workdir=runs/mbv2_digits  # dense
-  python -m onexn.train --config=onexn/configs/mobilenet_v2_1x4_rearrange_p50.py \
-      --workdir=runs/onexn_mbv2_1x4 --config.init_checkpoint=runs/mbv2_dense
   python -m onexn.train --config=onexn/configs/imagenet.py:mobilenet_v2,n=4,p=0.5,rearrange=1 \
       --workdir=DIR --config.init_checkpoint=PRETRAINED
 
