@@ -46,7 +46,6 @@ export (``onexn.latency.end_to_end_latency``).
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -60,10 +59,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import xla_ext
-from common import cpu_alloc
+from common import cli, cpu_alloc
 from onexn import block_sparse, ops
 
 RESOLUTIONS = (56, 28, 14)
+# The networks whose 1x1-conv GEMMs are benchmarked (``--models``).
+MODELS = ('mobilenet_v2', 'mobilenet_v1', 'resnet50')
 # Applications of an op per jitted call in the in-graph timing.
 CHAIN = 16
 
@@ -273,23 +274,29 @@ def end_to_end(quick: bool = False) -> List[Dict]:
 
 
 def main(argv=None) -> Dict:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(prog='python -m onexn.bench', description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true',
                       help='MobileNet-V2 shapes, N=4 only, fewer repeats (a few minutes)')
   parser.add_argument('--models', default='mobilenet_v2,mobilenet_v1,resnet50')
   parser.add_argument('--n', default='4,8,16', help='block sizes N')
   parser.add_argument('--p', default='0.3,0.5,0.75,0.9', help='pruning rates p')
   parser.add_argument('--batches', default='1,8')
-  parser.add_argument('--repeats', type=int, default=7, help='timed rounds (median reported)')
+  parser.add_argument('--repeats', type=int, default=7,
+                      help='timed rounds (median reported), >= 1')
   parser.add_argument('--no_scipy', action='store_true', help='skip the scipy.sparse baselines')
   parser.add_argument('--no_end_to_end', action='store_true')
   parser.add_argument('--json', default='', help='also write all rows to this file')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
-  models = args.models.split(',')
-  ns = [int(v) for v in args.n.split(',')]
-  ps = [float(v) for v in args.p.split(',')]
-  batches = [int(v) for v in args.batches.split(',')]
+  models = cli.choices(cli.parse_list(args.models, '--models', str), '--models', MODELS)
+  ns = cli.parse_list(args.n, '--n', int, lambda v: v > 0, 'positive integers (block sizes N)')
+  ps = cli.parse_list(args.p, '--p', float, lambda v: 0.0 <= v < 1.0,
+                      'numbers in [0, 1) (pruning rates)')
+  batches = cli.parse_list(args.batches, '--batches', int, lambda v: v > 0, 'positive integers')
+  if args.repeats < 1:
+    cli.fail(f'--repeats must be >= 1; got {args.repeats}')
+  if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+    cli.fail(f'--json: the directory of {args.json!r} does not exist')
   repeats = args.repeats
   if args.quick:
     models, ns, repeats = ['mobilenet_v2'], [4], max(3, args.repeats // 2)
