@@ -3,10 +3,13 @@
 Two conventions:
 
 * ``'thop'`` — what ``thop`` 0.0.31 ``profile`` reports for one image, used by DCFF, 1xN,
-  White-Box and Lottery Jackpots (spec ``pruning-dcff-1xn-whitebox-jackpot.md`` §0.1):
+  White-Box and Lottery Jackpots (their official repositories call ``thop.profile`` on one
+  1x3x32x32 / 1x3x224x224 image; this count reproduces e.g. the DCFF README's 126.55M FLOPs of
+  ResNet-56, checked in ``tests/common/test_flops.py``):
   conv ``H_out * W_out * C_out * (C_in/groups * k * k + [1 if bias])`` (MACs, not 2x);
   BatchNorm ``2 * numel(output)``; Linear ``in * out`` (bias not counted); ReLU / pooling 0.
-* ``'macs'`` — PSS-Net's analytic rule (spec ``pss-lecnet.md`` §1.4): conv
+* ``'macs'`` — PSS-Net's analytic rule (computed from the config, not profiled; MobileNet-V2 at
+  224 px, all multipliers 1.0: 300.84M): conv
   ``H_out * W_out * (C_out/groups) * k * k * C_in`` (no bias), the global average pool ``H * W * C``,
   the classifier ``C_in * K``; BN, ReLU and residual adds 0.
 
@@ -18,14 +21,17 @@ CLI::
     python -m common.flops --model=resnet56 --dataset=cifar10 [--convention=thop|macs] \\
         [--widths=JSON] [--num_classes=K] [--input_size=H] [--kwargs=JSON]
 
-prints a per-layer table and, as its last line, exactly ``params=<int> flops=<int>``.
+prints a per-layer table and, as its last line, exactly ``params=<int> flops=<int>``. Bad input
+(unknown model or data set, malformed JSON, a width config or option the model does not take)
+is one ``error: ...`` line on stderr and exit status 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Dict, List, Sequence, Tuple
+
+from common import cli
 
 CONVENTIONS = ('thop', 'macs')
 
@@ -79,7 +85,7 @@ def count(name: str, widths=None, input_hw=(32, 32), num_classes: int = 10,
   Args:
     name: a ``common.models`` name; widths: its width config (None: paper default).
     input_hw: input (H, W) of one image; num_classes: classifier outputs.
-    convention: 'thop' (spec §0.1) or 'macs' (PSS-Net §1.4).
+    convention: 'thop' (``thop.profile``, module docstring) or 'macs' (PSS-Net's rule).
     **kwargs: model options that change the architecture (``classifier_as_conv``, ``conv_bias``,
       ``strides``...); initialiser options are accepted and ignored.
   Returns:
@@ -108,7 +114,7 @@ def format_table(table: List[Dict]) -> str:
 
 def main(argv=None) -> int:
   """CLI entry point (module docstring); returns the exit status."""
-  p = argparse.ArgumentParser(prog='python -m common.flops', description=__doc__.split('\n')[0])
+  p = cli.ArgumentParser(prog='python -m common.flops', description=__doc__.split('\n')[0])
   p.add_argument('--model', required=True)
   p.add_argument('--dataset', required=True, choices=sorted(DATASETS))
   p.add_argument('--convention', default='thop', choices=CONVENTIONS)
@@ -121,11 +127,22 @@ def main(argv=None) -> int:
   hw, k = DATASETS[a.dataset]
   if a.input_size is not None:
     hw = (a.input_size, a.input_size)
-  widths = json.loads(a.widths) if a.widths else None
-  kwargs = json.loads(a.kwargs)
+  try:
+    widths = json.loads(a.widths) if a.widths else None
+  except ValueError as e:
+    cli.fail(f'--widths is not valid JSON ({e}); got {a.widths!r}')
+  try:
+    kwargs = json.loads(a.kwargs)
+  except ValueError as e:
+    cli.fail(f'--kwargs is not valid JSON ({e}); got {a.kwargs!r}')
   if not isinstance(kwargs, dict):
-    raise ValueError(f'--kwargs must be a JSON object; got {a.kwargs!r}')
-  flops, params, table = count(a.model, widths, hw, a.num_classes or k, a.convention, **kwargs)
+    cli.fail(f'--kwargs must be a JSON object; got {a.kwargs!r}')
+  try:
+    flops, params, table = count(a.model, widths, hw, a.num_classes or k, a.convention, **kwargs)
+  except (ValueError, KeyError) as e:
+    cli.fail(str(e))
+  except TypeError as e:  # an option the model's builder does not take
+    cli.fail(f'--kwargs {a.kwargs!r} does not fit model {a.model!r}: {e}')
   print(format_table(table))
   print(f'# model={a.model} dataset={a.dataset} input={hw[0]}x{hw[1]} convention={a.convention} '
         f'flops={flops / 1e6:.2f}M params={params / 1e6:.3f}M')

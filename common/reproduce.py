@@ -23,9 +23,16 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from common import cli
+
 # Paper packages in the order of the project's table; those without quick.py are reported as
 # "not landed" rather than failing.
 PAPERS = ('dcff', 'onexn', 'whitebox', 'jackpot', 'pss', 'fdda', 'ffsd', 'recu', 'siman', 'lecnet')
+# ``--smoke``: one epoch at batch 16 (90 steps: enough for BN running statistics to follow the
+# weights; at batch 128 the 11 steps of one epoch leave the eval at chance). Its top-1 must be
+# well above chance (0.1): a broken engine (no update, wrong labels or gradients) stays near it.
+SMOKE_BATCH = 16
+SMOKE_MIN_TOP1 = 0.25
 
 
 def dense_baseline(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False):
@@ -39,15 +46,21 @@ def dense_baseline(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool =
     c.progress_bar = False
     if smoke:
       c.num_epochs = 1
+      c.dataset.batch_size = SMOKE_BATCH
     wd = os.path.join(workdir, f'dense_resnet20_seed{seed}')
     res = train.run(c, wd)
     rows.append({'method': 'dense ResNet-20', 'seed': seed, 'top1': res['top1_best'],
                  'top1_last': res['top1_last'], 'params': res['params'], 'flops': res['flops'],
                  'seconds': res['seconds']})
     plots.append(os.path.join(wd, 'metrics.png'))
-  return {'rows': rows, 'plots': plots[:1],
-          'checks': {'dense ResNet-20 reaches >= 0.97 top-1 on digits (every seed)':
-                     all(r['top1'] >= 0.97 for r in rows)} if not smoke else {}}
+  if smoke:
+    claim = (f'dense ResNet-20 reaches >= {SMOKE_MIN_TOP1} top-1 on digits after 1 epoch at '
+             f'batch {SMOKE_BATCH} (chance 0.1; every seed)')
+    checks = {claim: all(r['top1'] >= SMOKE_MIN_TOP1 for r in rows)}
+  else:
+    checks = {'dense ResNet-20 reaches >= 0.97 top-1 on digits (every seed)':
+              all(r['top1'] >= 0.97 for r in rows)}
+  return {'rows': rows, 'plots': plots[:1], 'checks': checks}
 
 
 def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -98,8 +111,7 @@ def write_report(workdir: str, outcomes: Dict[str, Dict[str, Any]]) -> str:
 
 
 def main(argv=None) -> int:
-  import argparse
-  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap = cli.ArgumentParser(prog='python -m common.reproduce', description=__doc__.split('\n')[0])
   ap.add_argument('--papers', default='', help='comma-separated subset of: ' + ','.join(PAPERS))
   ap.add_argument('--workdir', default='runs/quick')
   ap.add_argument('--seeds', default='0,1,2')
@@ -158,7 +170,8 @@ def main(argv=None) -> int:
     print(f'error: experiments failed: {failed}', file=sys.stderr)
     return 1
   if bad_checks:
-    print(f'checks failed: {bad_checks}', file=sys.stderr)
+    print(f'{"error" if args.strict else "warning"}: checks failed: {bad_checks}',
+          file=sys.stderr)
     if args.strict:
       return 1
   return 0

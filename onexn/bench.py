@@ -3,11 +3,12 @@
   python -m onexn.bench [--quick] [--models=mobilenet_v2,mobilenet_v1,resnet50] [--n=4,8,16]
                         [--p=0.3,0.5,0.75,0.9] [--batches=1,8] [--repeats=7] [--json=PATH]
 
-The 1xN latency claims (lmbxmu/1xN README and Fig. 5, whose data ship in ``raw_data_fig4/``),
-measured side by side. For every 1x1-conv GEMM of the real networks at 224x224
-input whose output is 56x56, 28x28 or 14x14 (``common.models.layer_specs``; K = C_in, C_out
-columns, P = H*W pixels per image), at batch 1 and 8, every block size N and pruning rate p
-(uniform random 1xN blocks, exactly ``int(#blocks * p)`` pruned):
+The kernel side by side with its dense and sparse alternatives, at the shapes behind the paper's
+latency claims (Fig. 5: MobileNet-V2 1x4, faster than dense from moderate p on). For every
+1x1-conv GEMM of the real networks at 224x224 input whose output is 56x56, 28x28 or 14x14
+(``common.models.layer_specs``; K = C_in, C_out columns, P = H*W pixels per image), at batch 1
+and 8, every block size N and pruning rate p (uniform random 1xN blocks, exactly
+``int(#blocks * p)`` pruned):
 
   dense    XLA:CPU's dot in both activation layouts, ``jnp.dot(x[B*P, K], w)`` (NHWC) and
            ``einsum(w^T, x[B, K, P])`` (channels-first); the FASTER of the two is the baseline;
@@ -35,16 +36,16 @@ alternately (each a loop of calls lasting >= 10 ms, garbage collection off, ``bl
 at the end), so load from other processes hits all alike; medians are reported. Ratios are
 printed, not asserted.
 
-The summary lines are the issue's claims: median 1xN speedup over dense on the MobileNet-V2 shapes
-at N = 4 per p (target >= 1.6x / 3x / 6x at p = 0.5 / 0.75 / 0.9; break-even at p <= 0.3), and the
-1xN speedup over scipy BSR (target >= 3x at every p; per-call times on both sides).
+The summary lines hold this package's speed targets: median 1xN speedup over dense on the
+MobileNet-V2 shapes at N = 4 per p (target >= 1.6x / 3x / 6x at p = 0.5 / 0.75 / 0.9; break-even
+at p <= 0.3), and the 1xN speedup over scipy BSR (target >= 3x at every p; per-call times on
+both sides).
 
 ``end_to_end()`` (a separate section at the end) times the whole MobileNet-V2 dense vs its 1xN
-export (``onexn.export.end_to_end_latency``).
+export (``onexn.latency.end_to_end_latency``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -56,11 +57,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import xla_ext
-from common import cpu_alloc
+from common import cli, cpu_alloc
 from common import timing
-from onexn import sparse
+from onexn import block_sparse, ops
 
 RESOLUTIONS = (56, 28, 14)
+# The networks whose 1x1-conv GEMMs are benchmarked (``--models``).
+MODELS = ('mobilenet_v2', 'mobilenet_v1', 'resnet50')
 # Applications of an op per jitted call in the in-graph timing.
 CHAIN = 16
 
@@ -110,10 +113,10 @@ def bench_shape(k: int, m: int, pixels: int, batch: int, ns: Sequence[int], ps: 
   dense_cf = lambda xc, wt: jnp.einsum('mk,bkp->bmp', wt, xc)
   g_dense = chained(jnp.dot, (rows, m))
   g_dense_cf = chained(dense_cf, (batch, m, pixels))
-  g_sparse = chained(sparse.sparse_matmul, (rows, m))
-  g_sparse_cf = chained(sparse.sparse_matmul_cf, (batch, m, pixels))
+  g_sparse = chained(ops.sparse_matmul, (rows, m))
+  g_sparse_cf = chained(ops.sparse_matmul_cf, (batch, m, pixels))
   c_dense, c_dense_cf = jax.jit(jnp.dot), jax.jit(dense_cf)
-  c_sparse_cf = jax.jit(sparse.sparse_matmul_cf)
+  c_sparse_cf = jax.jit(ops.sparse_matmul_cf)
   xt = np.ascontiguousarray(np.asarray(x).T)  # scipy's natural layout, outside the timing
   flops = 2.0 * rows * k * m
   out = []
@@ -122,7 +125,7 @@ def bench_shape(k: int, m: int, pixels: int, batch: int, ns: Sequence[int], ps: 
       continue  # 1xN blocks need C_out % N == 0 (e.g. 24 channels at N = 16): not applicable
     for p in ps:
       mask = random_block_mask(rng, k, m, n, p)
-      packed = sparse.pack(w, mask, n)
+      packed = block_sparse.pack(w, mask, n)
       graph = time_interleaved([lambda: g_dense(x, wj), lambda: g_dense_cf(x_cf, wtj),
                                 lambda: g_sparse(x, packed), lambda: g_sparse_cf(x_cf, packed)],
                                repeats)
@@ -178,7 +181,8 @@ HEADER = (f"{'K':>5} {'C_out':>5} {'B x P':>8} {'N':>3} {'p':>5} | in-graph us: 
 
 
 def summarize(rows: List[Dict], ps: Sequence[float]) -> Dict:
-  """The issue's claims, on the MobileNet-V2 rows at N = 4 (medians over shapes and batches)."""
+  """The speed targets (module docstring) on the MobileNet-V2 rows at N = 4 (medians over shapes
+  and batches)."""
   v2 = [r for r in rows if r['model'] == 'mobilenet_v2' and r['n'] == 4]
   summary = {}
   for p in ps:
@@ -204,7 +208,7 @@ def print_summary(summary: Dict) -> None:
     line = (f"p={p:4.2f}: 1xN (channels-first) vs XLA dense, in-graph median "
             f"{e['median_speedup']:5.2f}x (min {e['min_speedup']:5.2f}x, {e['cases']} cases)")
     if p in targets:
-      line += f"  [issue target >= {targets[p]:.1f}x]"
+      line += f"  [target >= {targets[p]:.1f}x]"
     if 'median_speedup_nhwc' in e:
       line += (f"; NHWC kernel {e['median_speedup_nhwc']:5.2f}x; per call "
                f"{e['median_call_speedup']:5.2f}x")
@@ -214,42 +218,43 @@ def print_summary(summary: Dict) -> None:
     print(line)
   even = [p for p, e in summary.items() if e['median_speedup'] >= 1.0]
   print(f"break-even (median speedup >= 1) at p = {min(even) if even else 'none of'} "
-        f"{'' if even else list(summary)}  [issue target: p <= 0.3]")
+        f"{'' if even else list(summary)}  [target: p <= 0.3]")
 
 
 def end_to_end(quick: bool = False) -> List[Dict]:
-  """Whole-network latency, dense vs 1xN export (owned by onexn.export; skipped if absent)."""
+  """Whole-network latency, dense vs 1xN export (``onexn.latency.end_to_end_latency``)."""
+  from onexn import latency  # pylint: disable=g-import-not-at-top
   print('\n== End to end: MobileNet-V2 224x224, batch 1, dense vs 1x4-sparse export ==')
-  try:
-    from onexn import export  # pylint: disable=g-import-not-at-top
-    latency = export.end_to_end_latency
-  except (ImportError, AttributeError) as e:
-    print(f'skipped: onexn.export.end_to_end_latency is not available ({e})')
-    return []
-  rows = latency(repeats=5 if quick else 20)
+  rows = latency.end_to_end_latency(repeats=5 if quick else 20)
   for r in rows:
     print('  '.join(f'{k}={v:.3f}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()))
   return rows
 
 
 def main(argv=None) -> Dict:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(prog='python -m onexn.bench', description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true',
                       help='MobileNet-V2 shapes, N=4 only, fewer repeats (a few minutes)')
   parser.add_argument('--models', default='mobilenet_v2,mobilenet_v1,resnet50')
   parser.add_argument('--n', default='4,8,16', help='block sizes N')
   parser.add_argument('--p', default='0.3,0.5,0.75,0.9', help='pruning rates p')
   parser.add_argument('--batches', default='1,8')
-  parser.add_argument('--repeats', type=int, default=7, help='timed rounds (median reported)')
+  parser.add_argument('--repeats', type=int, default=7,
+                      help='timed rounds (median reported), >= 1')
   parser.add_argument('--no_scipy', action='store_true', help='skip the scipy.sparse baselines')
   parser.add_argument('--no_end_to_end', action='store_true')
   parser.add_argument('--json', default='', help='also write all rows to this file')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
-  models = args.models.split(',')
-  ns = [int(v) for v in args.n.split(',')]
-  ps = [float(v) for v in args.p.split(',')]
-  batches = [int(v) for v in args.batches.split(',')]
+  models = cli.choices(cli.parse_list(args.models, '--models', str), '--models', MODELS)
+  ns = cli.parse_list(args.n, '--n', int, lambda v: v > 0, 'positive integers (block sizes N)')
+  ps = cli.parse_list(args.p, '--p', float, lambda v: 0.0 <= v < 1.0,
+                      'numbers in [0, 1) (pruning rates)')
+  batches = cli.parse_list(args.batches, '--batches', int, lambda v: v > 0, 'positive integers')
+  if args.repeats < 1:
+    cli.fail(f'--repeats must be >= 1; got {args.repeats}')
+  if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+    cli.fail(f'--json: the directory of {args.json!r} does not exist')
   repeats = args.repeats
   if args.quick:
     models, ns, repeats = ['mobilenet_v2'], [4], max(3, args.repeats // 2)

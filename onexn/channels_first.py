@@ -1,4 +1,4 @@
-"""Channels-first inference forward of an exported 1xN model (spec §2.6-2.7; issue #3).
+"""Channels-first inference forward of an exported 1xN model (the paper's Fig. 5 deployment graph).
 
 :class:`onexn.export.SparseModel` runs the zoo's NHWC ``__call__`` with its layers intercepted, so
 every packed 1x1 conv pays a layout conversion inside the NHWC kernel and its bias, residual sum
@@ -13,7 +13,7 @@ keeps activations channels-first. This module builds that graph for an exported 
   the pool ignores them. The NHWC input is transposed once (3 channels);
 * the stem 3x3 conv is an im2col GEMM in this layout: its 9 taps stacked to ``[B, 27, P]``, rows
   ``(dy, dx, c)`` = the HWIO flattening of the (folded) kernel;
-* every 1x1 conv is ``onexn.sparse.sparse_matmul_cf`` when it is packed, with the folded bias,
+* every 1x1 conv is ``onexn.ops.sparse_matmul_cf`` when it is packed, with the folded bias,
   the identity / conv shortcut (added before the activation) and ReLU/ReLU6 fused into the
   kernel, else a dense GEMM ``W^T x`` with the same epilogue in jnp (XLA fuses it);
 * depthwise convs are the sum of the 9 taps times per-channel weights, + bias + act, one XLA
@@ -36,7 +36,7 @@ from jax import lax
 import numpy as np
 
 import xla_ext
-from onexn import sparse
+from onexn import ops
 
 SUPPORTED = ('MobileNetV2 (mobilenet_v2, mobilenet_v2_cifar)',
              'MobileNetV1 (mobilenet_v1, mobilenet_v1_tiny)')
@@ -210,8 +210,8 @@ def depthwise3x3(x, kernel, bias, hw, stride: int, act: str, *, backend: str = '
   Returns:
     ``(y [B, C, ho * (wo + 2)], (ho, wo))``.
   """
-  if backend not in sparse.BACKENDS:
-    raise ValueError(f'backend must be one of {sparse.BACKENDS}; got {backend!r}')
+  if backend not in ops.BACKENDS:
+    raise ValueError(f'backend must be one of {ops.BACKENDS}; got {backend!r}')
   if stride not in (1, 2):
     raise ValueError(f'channels_first: 3x3 conv stride must be 1 or 2; got {stride!r}')
   h, w = hw
@@ -240,7 +240,7 @@ def cf_apply_fn(model, *, backend: str = 'auto', num_threads: int = 0) -> Callab
 
   Args:
     model: ``SparseModel.model`` (MobileNet-V1 or V2, :func:`layer_plan`).
-    backend, num_threads: as ``onexn.sparse.sparse_matmul_cf``.
+    backend, num_threads: as ``onexn.ops.sparse_matmul_cf``.
   Returns:
     ``apply(weights, packed, bias, x) -> logits [B, num_classes]`` with ``x [B, H, W, 3]`` NHWC
     and the three dicts of :func:`cf_params` (jit it once).
@@ -251,7 +251,7 @@ def cf_apply_fn(model, *, backend: str = 'auto', num_threads: int = 0) -> Callab
     # x [B, K, P] -> act(W^T x + b + residual) [B, C_out, P]: the fused epilogue of the kernel,
     # or the same expression in jnp after a dense GEMM (XLA fuses bias/residual/act into one pass).
     if key in packed:
-      return sparse.sparse_matmul_cf(x, packed[key], bias=bias[key], residual=residual,
+      return ops.sparse_matmul_cf(x, packed[key], bias=bias[key], residual=residual,
                                      activation=act, backend=backend, num_threads=num_threads)
     wk = weights[key]
     if wk.ndim == 4:  # the stem's HWIO kernel: its im2col GEMM weight [kh*kw*C_in, C_out]
@@ -296,14 +296,14 @@ def cf_apply_fn(model, *, backend: str = 'auto', num_threads: int = 0) -> Callab
       elif kind == 'dw':
         if key in packed or weights[key].shape[1:] != (9,):
           raise ValueError(f'channels_first: depthwise conv {key!r} must be a dense 3x3 conv (1xN '
-                           f'never prunes depthwise convs, spec §2.4; MobileNets use 3x3)')
+                           f'never prunes depthwise convs: lmbxmu/1xN models/* wrap only the 1x1 convs; MobileNets use 3x3)')
         x, hw = depthwise3x3(x, weights[key], bias[key], hw, a['stride'], a['act'],
                              backend=backend, num_threads=num_threads)
       elif kind == 'pool':
         x = jnp.mean(from_padded_width(x, hw), axis=(2, 3))  # [B, C]
       elif kind == 'fc':
         if key in packed:
-          y = sparse.sparse_matmul(x, packed[key], backend=backend, num_threads=num_threads)
+          y = ops.sparse_matmul(x, packed[key], backend=backend, num_threads=num_threads)
         else:
           y = jnp.dot(x, weights[key], precision=lax.Precision.HIGHEST)
         x = y + bias[key]
@@ -352,7 +352,7 @@ class ChannelsFirstModel:
   Args:
     sm: a ``SparseModel`` of MobileNet-V1/V2 (``onexn.export_sparse``; with
       ``use_sparse_kernel=False`` the all-dense graph).
-    backend: ``onexn.sparse`` backend (default: the export's).
+    backend: ``onexn.ops`` backend (default: the export's).
     num_threads: kernel threads (0 = all of XLA's).
   Raises:
     ValueError: unsupported model (:data:`SUPPORTED`).
@@ -360,8 +360,8 @@ class ChannelsFirstModel:
 
   def __init__(self, sm, *, backend: Optional[str] = None, num_threads: int = 0):
     self.backend = sm.backend if backend is None else backend
-    if self.backend not in sparse.BACKENDS:
-      raise ValueError(f'backend must be one of {sparse.BACKENDS}; got {self.backend!r}')
+    if self.backend not in ops.BACKENDS:
+      raise ValueError(f'backend must be one of {ops.BACKENDS}; got {self.backend!r}')
     self.plan = layer_plan(sm.model)
     self.weights, self.packed, self.bias = cf_params(sm)
     self._fn = jax.jit(cf_apply_fn(sm.model, backend=self.backend, num_threads=num_threads))

@@ -1,4 +1,4 @@
-"""Which layers of a model the official 1xN code masks and rearranges, and the model's masks (spec §2.2-2.4).
+"""Which layers of a model the official 1xN code masks and rearranges, and the model's masks.
 
 Rules of ``lmbxmu/1xN`` (``imagenet.py: main``, ``models/*``), written against
 ``common.models.layer_specs`` roles so that they hold for any width configuration:
@@ -7,7 +7,7 @@ Rules of ``lmbxmu/1xN`` (``imagenet.py: main``, ``models/*``), written against
   builder only wraps 1x1 and ResNet 3x3 convs and the classifier 1x1 conv); BN is never masked.
 * Classifier rate 0 (``pr_cfg[-1] = 0``). The released ResNet-50 path misses this exemption
   (``cfg_len = 54`` for 53 masked modules) and prunes its fc at p; ``prune_classifier=True``
-  reproduces that (spec §2.7).
+  reproduces that.
 * Rearranged (``--rearrange`` with ``BlockL1Conv``):
   - MobileNet-V1: every masked layer;
   - ResNets: every masked layer except ``conv3`` (role ``block_out``, it feeds the residual sum);
@@ -92,11 +92,6 @@ def official_alternating_rule(specs: Sequence[Any]) -> List[bool]:
   return out
 
 
-def _method_field(cfg, name, default):
-  m = cfg.get('method', cfg) if hasattr(cfg, 'get') else cfg
-  return m.get(name, default) if hasattr(m, 'get') else getattr(m, name, default)
-
-
 def layer_rates(specs: Sequence[Any], p: float, prune_classifier: bool = False) -> Dict[Path, float]:
   """``{path: rate}`` of every masked layer: p, and 0 for the classifier (``pr_cfg[-1] = 0``)."""
   p = pruning.check_rate(p)
@@ -136,41 +131,67 @@ def layer_mask(kernel, pattern: str, p: float, n: int = 1, rearrange: bool = Fal
   raise ValueError(f'unknown pattern {pattern!r}; allowed: {list(PATTERNS)}')
 
 
-def model_masks(params, cfg, *, specs: Optional[Sequence[Any]] = None,
+def mask_options(method) -> Dict[str, Any]:
+  """The keyword arguments of :func:`model_masks` named by an experiment's ``config.method``.
+
+  Args:
+    method: ``config.method`` (a ConfigDict / mapping) with any of ``pattern``, ``sparsity``,
+      ``block_size_n``, ``rearrange``, ``straddle_blocks``, ``prune_classifier``,
+      ``random_with_replacement`` (missing fields take :func:`model_masks`' defaults).
+  Returns:
+    ``{'pattern', 'p', 'n', 'rearrange', 'straddle_blocks', 'prune_classifier',
+    'random_with_replacement'}`` of the fields present.
+  """
+  fields = {'pattern': ('pattern', str), 'sparsity': ('p', float), 'block_size_n': ('n', None),
+            'rearrange': ('rearrange', bool), 'straddle_blocks': ('straddle_blocks', bool),
+            'prune_classifier': ('prune_classifier', bool),
+            'random_with_replacement': ('random_with_replacement', bool)}
+  out = {}
+  for field, (arg, conv) in fields.items():
+    if field in method:
+      v = method[field]
+      out[arg] = v if conv is None else conv(v)
+  return out
+
+
+def model_masks(params, specs: Sequence[Any], model_name: str, *, pattern: str = 'block',
+                p: float = 0.5, n: int = 4, rearrange: bool = False,
+                straddle_blocks: bool = False, prune_classifier: bool = False,
+                random_with_replacement: bool = True,
                 rng: Optional[jax.Array] = None) -> Dict[str, Any]:
-  """Masks of every masked layer of a model, computed once from (pretrained) ``params`` (spec §2.2).
+  """Masks of every masked layer of a model, computed once from (pretrained) ``params``.
+
+  The official ``imagenet.py: main`` of lmbxmu/1xN: per-layer rate list ``pr_cfg = [p] * L`` with
+  the classifier at 0, each layer's ``get_mask(p)`` (or ``get_rearr_mask`` on the rearranged
+  layers of :func:`rearranged_layers`) evaluated once before fine-tuning.
 
   Args:
     params: the model's parameter tree (kernels HWIO / ``[C_in, C_out]``).
-    cfg: an experiment config (``cfg.model.name``, ``cfg.model.widths``, ``cfg.model.kwargs`` and
-      ``cfg.method.{pattern, block_size_n, sparsity, rearrange, straddle_blocks,
-      prune_classifier, random_with_replacement}``); ``cfg.seed`` seeds 'random_block'.
-    specs: the model's ``layer_specs`` (default: computed from ``cfg.model``; only paths, roles and
-      kinds are used, so input size and class count do not matter).
-    rng: PRNG key for 'random_block' (default ``PRNGKey(cfg.seed)``).
+    specs: the model's ``common.models.layer_specs`` (only paths, roles and kinds are used, so
+      input size and class count do not matter).
+    model_name: the ``common.models`` name (selects the rearrangement rule).
+    pattern: one of ``PATTERNS`` (the official ``--conv_type``).
+    p: per-layer pruning rate in [0, 1).
+    n: block size N (block patterns).
+    rearrange: L1 filter rearrangement on the layers of :func:`rearranged_layers`.
+    straddle_blocks: the official flattened grouping where ``C_out % N != 0``.
+    prune_classifier: prune the classifier at p too (the released ResNet-50 path).
+    random_with_replacement: 'random_block' samples with replacement, as ``BlockRandomConv``.
+    rng: PRNG key, required by 'random_block' (layer i uses ``fold_in(rng, i)``).
   Returns:
     a mask tree (``common.masks`` form): ``{...: {'kernel': bool array}}`` for every masked layer,
     the classifier included (all True at rate 0), so that ``common.masks.apply_masks`` and
     ``sparsity_report`` work on it.
   Raises:
-    ValueError: unknown pattern, bad p / N, or a layer with ``C_out % N != 0`` (naming it) unless
-      ``straddle_blocks``.
+    ValueError: unknown pattern, bad p / N, a missing rng for 'random_block', or a layer with
+      ``C_out % N != 0`` (naming it) unless ``straddle_blocks``.
   """
-  model_name = cfg.model.name
-  if specs is None:
-    specs = model_layer_specs(cfg, params)
-  pattern = _method_field(cfg, 'pattern', 'block')
   if pattern not in PATTERNS:
-    raise ValueError(f'unknown method.pattern {pattern!r}; allowed: {list(PATTERNS)}')
-  p = float(_method_field(cfg, 'sparsity', 0.5))
-  n = _method_field(cfg, 'block_size_n', 4)
-  rearrange = bool(_method_field(cfg, 'rearrange', False))
-  straddle = bool(_method_field(cfg, 'straddle_blocks', False))
-  with_rep = bool(_method_field(cfg, 'random_with_replacement', True))
-  rates = layer_rates(specs, p, bool(_method_field(cfg, 'prune_classifier', False)))
-  rearr = {tuple(s.path) for s in rearranged_layers(model_name, specs)} if rearrange else set()
-  if rng is None:
-    rng = jax.random.PRNGKey(int(cfg.get('seed', 0)) if hasattr(cfg, 'get') else 0)
+    raise ValueError(f'unknown mask pattern {pattern!r}; allowed: {list(PATTERNS)}')
+  if pattern == 'random_block' and rng is None:
+    raise ValueError("pattern 'random_block' needs rng (a PRNG key); got None")
+  rates = layer_rates(specs, float(p), bool(prune_classifier))
+  rearr = ({tuple(s.path) for s in rearranged_layers(model_name, specs)} if rearrange else set())
   flat_params = traverse_util.flatten_dict(params)
   out = {}
   for i, (path, rate) in enumerate(rates.items()):
@@ -183,26 +204,15 @@ def model_masks(params, cfg, *, specs: Optional[Sequence[Any]] = None,
       # so a 1000-way classifier needs no N | C_out check.
       out[kpath] = jnp.ones(kernel.shape, bool)
       continue
-    out[kpath] = layer_mask(kernel, pattern, rate, n, path in rearr, straddle,
-                            jax.random.fold_in(rng, i), with_rep, layer=path)
+    layer_rng = None if rng is None else jax.random.fold_in(rng, i)
+    out[kpath] = layer_mask(kernel, pattern, rate, n, path in rearr, bool(straddle_blocks),
+                            layer_rng, bool(random_with_replacement), layer=path)
   return traverse_util.unflatten_dict(out)
 
 
-def model_layer_specs(cfg, params=None, input_hw=(32, 32)):
-  """``common.models.layer_specs`` for ``cfg.model`` (num_classes from the classifier kernel)."""
-  from common import models
-  kw = cfg.model.get('kwargs', None)
-  kw = dict(kw.to_dict() if hasattr(kw, 'to_dict') else (kw or {}))
-  nc = int(cfg.model.get('num_classes', -1))
-  if nc <= 0 and params is not None:
-    kernels = transforms.select(params)
-    nc = int(list(kernels.values())[-1].shape[-1])
-  return models.layer_specs(cfg.model.name, widths=cfg.model.get('widths', None),
-                            input_hw=tuple(input_hw), num_classes=max(nc, 1), **kw)
-
-
 def effective_macs(specs: Sequence[Any], masks) -> Dict[str, int]:
-  """Multiply-accumulates of conv/dense layers counting only kept weights (thop convention, §0.1).
+  """Multiply-accumulates of conv/dense layers counting only kept weights (``thop.profile``'s
+  convention, as ``common.flops``: ``H_out*W_out*C_out*C_in/groups*k*k`` per conv).
 
   A masked weight saves its ``H_out * W_out`` MACs only with a sparse kernel; this is the count the
   1xN kernel can realise, reported next to the dense count.

@@ -1,9 +1,10 @@
 """Physical filter rearrangement: permute a layer's output channels and everything that reads them.
 
-The official code only permutes the *mask computation* (spec §2.2 step 3, §2.7); deploying a
+The official code only permutes the *mask computation* (lmbxmu/1xN ``utils/conv_type.py:
+BlockL1Conv.get_rearr_mask`` scatters the mask back, weights never move); deploying a
 rearranged layer as N-consecutive blocks needs the permutation applied to the weights. For a layer
 l with permutation π (``new channel i = old channel π[i]``) this module permutes, as the paper
-describes (spec §2.7):
+describes (Fig. 2: the next layer's input channels follow the permutation):
 
 * the output channels of l (kernel last axis, bias) and its BatchNorm (scale, bias, mean, var);
 * every depthwise conv between l and its consumer (MobileNets), with its BatchNorm;
@@ -112,7 +113,7 @@ def permute_out_channels(params, batch_stats, masks, layer: Path, perm,
 
 
 def permute_pair(params, batch_stats, masks, plan: AbsorbPlan, perm):
-  """Applies π physically along ``plan`` (spec §2.8 "permute_pair"); function-preserving.
+  """Applies π physically along ``plan`` ; function-preserving (same logits in eval mode).
 
   Args:
     params, batch_stats: variable trees of the model.

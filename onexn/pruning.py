@@ -1,14 +1,15 @@
-"""1xN block pruning masks, filter rearrangement, and the baselines of the official code (spec §2).
+"""1xN block pruning masks, filter rearrangement, and the baselines of the official code
+(lmbxmu/1xN ``utils/conv_type.py``).
 
 Conventions. Kernels are Flax HWIO ``[kh, kw, C_in, C_out]`` (a dense kernel ``[C_in, C_out]`` is
 treated as a 1x1 conv, the official code's classifier is a 1x1 conv). A *1xN block* is
 ``kernel[:, :, i, b*N:(b+1)*N]``: N consecutive output kernels (each a full ``kh x kw`` kernel) that
-read the same input channel i (spec §2.1). Masks are bool arrays of the kernel's shape, True = kept.
+read the same input channel i (the paper's Fig. 1). Masks are bool arrays of the kernel's shape, True = kept.
 
 Counting and tie rule (shared by every repo, ``common.masks``): a layer at rate p with G scored
 units prunes exactly ``int(G * p)`` of the lowest-scored units; ties are broken by a stable
 ascending sort (the earlier position is pruned first), where the official code uses ``torch.topk``
-whose tie order is unspecified (spec §2.8).
+whose tie order is unspecified.
 
 Official grouping (``utils/conv_type.py: BlockL1Conv.get_mask``): the PyTorch weight
 ``[C_out, C_in, k, k]`` is permuted to ``[C_in, C_out, k, k]``, flattened row-major and cut into
@@ -16,7 +17,7 @@ consecutive groups of ``N*k*k`` elements; group g therefore holds the (input i, 
 ``(i * C_out + o) // N == g``. When ``C_out % N == 0`` that is exactly the 1xN block (i, o // N).
 When it is not (MobileNet-V2 at N = 16/32), groups *straddle* two input channels; this module then
 raises a ValueError naming the layer unless ``straddle_blocks=True`` asks for the official grouping
-(the issue's decision, spec §2.4).
+(which the published MobileNet-V2 1x16 / 1x32 numbers used).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def as_hwio(kernel, layer=None) -> jax.Array:
 
 
 def check_rate(p, what: str = 'pruning rate p') -> float:
-  """Validates a per-layer pruning rate: a number in [0, 1) (spec §2.9 property 8)."""
+  """Validates a per-layer pruning rate: a number in [0, 1)."""
   if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
     raise ValueError(f'{what} must be a number in [0, 1); got {p!r}')
   p = float(p)
@@ -60,7 +61,7 @@ def check_rate(p, what: str = 'pruning rate p') -> float:
 
 def check_block_size(n, c_out: int, c_in: int = 1, straddle_blocks: bool = False,
                      layer=None) -> int:
-  """Validates the block size N against a layer's output width (spec §2.4 / §2.9 property 8).
+  """Validates the block size N against a layer's output width.
 
   Raises:
     ValueError: N not a positive int; ``C_out % N != 0`` without ``straddle_blocks`` (naming the
@@ -74,7 +75,7 @@ def check_block_size(n, c_out: int, c_in: int = 1, straddle_blocks: bool = False
       raise ValueError(
           f'{_layer_str(layer)}: C_out={c_out} is not divisible by the block size N={n}; 1xN '
           f'blocks would straddle two input channels. Use a block size dividing {c_out}, or '
-          f'straddle_blocks=True to reproduce the official flattened grouping (spec §2.4).')
+          f'straddle_blocks=True to reproduce the official flattened grouping.')
     if (c_in * c_out) % n:
       raise ValueError(
           f'{_layer_str(layer)}: C_in*C_out={c_in}*{c_out} is not divisible by N={n}; even the '
@@ -88,7 +89,7 @@ def kernel_l1(kernel) -> jax.Array:
 
 
 def block_scores(kernel, n: int, *, straddle_blocks: bool = False, layer=None) -> jax.Array:
-  """L1 norm of every 1xN block (spec §2.2 step 3, "block score").
+  """L1 norm of every 1xN block (``BlockL1Conv.get_mask``'s score).
 
   Args:
     kernel: ``[kh, kw, C_in, C_out]`` or ``[C_in, C_out]``.
@@ -117,12 +118,13 @@ def _expand_group_mask(keep_groups, shape, n: int) -> jax.Array:
 
 
 def block_mask(kernel, n: int, p: float, *, straddle_blocks: bool = False, layer=None) -> jax.Array:
-  """1xN block mask: prune the ``int(G * p)`` lowest-L1 blocks of the layer (spec §2.2 step 3).
+  """1xN block mask: prune the ``int(G * p)`` lowest-L1 blocks of the layer
+  (``BlockL1Conv.get_mask``).
 
   Args:
     kernel: ``[kh, kw, C_in, C_out]`` or ``[C_in, C_out]``.
     n: block size N (N = 1 is kernel-wise L1 pruning; N = C_out on a 1x1 conv is input-channel
-      pruning, spec §2.9 property 2).
+      pruning).
     p: per-layer pruning rate in [0, 1).
     straddle_blocks, layer: see :func:`block_scores`.
   Returns:
@@ -141,8 +143,8 @@ def rearrange_permutation(kernel) -> jax.Array:
   """Filter rearrangement order π: output channels sorted by filter L1 norm, **ascending**.
 
   The official ``rearrange_w`` calls ``torch.sort`` (ascending) on ``||W[j]||_1``; the paper's
-  Fig. 2 sorts descending, which gives the same block partition when ``C_out % N == 0`` (spec
-  §2.7). Ties: stable (lower channel first).
+  Fig. 2 sorts descending, which gives the same block partition when ``C_out % N == 0``.
+  Ties: stable (lower channel first).
 
   Args:
     kernel: ``[kh, kw, C_in, C_out]`` or ``[C_in, C_out]``.
@@ -162,7 +164,8 @@ def inverse_permutation(perm) -> jax.Array:
 
 def rearranged_block_mask(kernel, n: int, p: float, *, straddle_blocks: bool = False,
                           layer=None) -> jax.Array:
-  """1xN block mask computed on the L1-rearranged filters and scattered back (spec §2.2 step 3).
+  """1xN block mask computed on the L1-rearranged filters and scattered back
+  (``BlockL1Conv.get_rearr_mask``).
 
   Exactly what ``BlockL1Conv.get_rearr_mask`` does: the weights are *not* moved; the returned mask
   is in the original channel order and ``mask[..., π]`` is a valid 1xN block mask
@@ -208,7 +211,7 @@ def random_block_mask(kernel, n: int, p: float, rng: jax.Array, *, with_replacem
 
   The official code draws ``int(G * p)`` block indices **with replacement**
   (``torch.randint``), so duplicates make it prune fewer than ``int(G * p)`` blocks (about
-  ``G * (1 - exp(-p))``, spec §2.2); ``with_replacement=False`` prunes exactly ``int(G * p)``.
+  ``G * (1 - exp(-p))``); ``with_replacement=False`` prunes exactly ``int(G * p)``.
 
   Args:
     kernel: ``[kh, kw, C_in, C_out]`` or ``[C_in, C_out]``.

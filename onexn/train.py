@@ -1,8 +1,6 @@
-"""Fine-tune a pretrained model with fixed 1xN (or baseline) masks, the official 1xN recipe (spec §2.2).
+"""Fine-tune a pretrained model with fixed 1xN (or baseline) masks, the official 1xN recipe (lmbxmu/1xN ``imagenet.py: main``).
 
   python -m onexn.train --config=onexn/configs/digits_dense.py --workdir=runs/mbv2_digits  # dense
-  python -m onexn.train --config=onexn/configs/mobilenet_v2_1x4_rearrange_p50.py \
-      --workdir=runs/onexn_mbv2_1x4 --config.init_checkpoint=runs/mbv2_dense
   python -m onexn.train --config=onexn/configs/imagenet.py:mobilenet_v2,n=4,p=0.5,rearrange=1 \
       --workdir=DIR --config.init_checkpoint=PRETRAINED
 
@@ -32,7 +30,7 @@ from onexn import layer_policy
 
 
 class OneByN(train.Method):
-  """``common.train`` hooks of 1xN fine-tuning (masks fixed, computed once; spec §2.2)."""
+  """``common.train`` hooks of 1xN fine-tuning (masks fixed, computed once; ``imagenet.py: main``)."""
 
   name = '1xn'
 
@@ -63,8 +61,9 @@ class OneByN(train.Method):
   def init_extra(self, params, batch_stats, rng):
     """Masks computed once from the pretrained params (``get_mask``/``get_rearr_mask``)."""
     try:
-      m = layer_policy.model_masks(params, self.config, specs=self._specs(),
-                                   rng=jax.random.fold_in(rng, 1))
+      m = layer_policy.model_masks(params, self._specs(), self.config.model.name,
+                                   rng=jax.random.fold_in(rng, 1),
+                                   **layer_policy.mask_options(self.config.method))
     except ValueError as e:
       raise train.UserError(str(e)) from e
     return {'masks': m}
@@ -108,7 +107,7 @@ class OneByN(train.Method):
   def _export_and_time(self, state) -> Dict[str, Any]:
     """Sparse export, its deviation from the masked dense model, and CPU latencies (batch
     ``method.latency_batch``): the zoo model, the dense deployment graph, the sparse export."""
-    from onexn import export
+    from onexn import export, latency
     m = self.config.method
     model = self.build_model()
     kw = dict(n=int(m.block_size_n), num_classes=self.num_classes, specs=self._specs(),
@@ -123,9 +122,9 @@ class OneByN(train.Method):
     zoo_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
     ref = zoo_fn(masked, x)
     reps = int(m.get('latency_repeats', 20))
-    t_zoo = export.time_fn(lambda: zoo_fn(masked, x), reps)
-    t_dense = export.time_fn(lambda: dm(x), reps)
-    t_sparse = export.time_fn(lambda: sm(x), reps)
+    t_zoo = latency.time_fn(lambda: zoo_fn(masked, x), reps)
+    t_dense = latency.time_fn(lambda: dm(x), reps)
+    t_sparse = latency.time_fn(lambda: sm(x), reps)
     return {'export_max_abs_diff': float(jnp.max(jnp.abs(sm(x) - ref))),
             'export': sm.summary(),
             'latency_ms_zoo_dense': 1e3 * t_zoo, 'latency_ms_dense': 1e3 * t_dense,

@@ -3,6 +3,7 @@ model builds at paper scale (by shape, via jax.eval_shape: no FLOPs are spent)."
 import glob
 import importlib.util
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -57,3 +58,34 @@ def test_imagenet_dense_builds_at_paper_scale(arg):
   n = sum(x.size for x in jax.tree.leaves(shapes['params']))
   _, p, _ = flops.count(c.model.name, input_hw=(224, 224), num_classes=1000)
   assert n == p
+
+
+def readme_cells():
+  """The (model, pattern label, ARGS, expected) rows of the published-cell table in onexn/README.md."""
+  with open(os.path.join(ROOT, 'onexn', 'README.md')) as f:
+    text = f.read()
+  rows = re.findall(r'^\| (\w+) \| ([^|]+?) \| `([^`]+)` \| ([^|]+?) \|$', text, re.M)
+  return [r for r in rows if r[0] in ('mobilenet_v1', 'mobilenet_v2', 'resnet50')]
+
+
+def test_onexn_readme_lists_every_published_cell_once():
+  rows = readme_cells()
+  assert len(rows) == 36  # 3 models x (weight, filter, 1xN for N in 2..32 with and without rearrangement)
+  assert len({r[2] for r in rows}) == 36
+
+
+@pytest.mark.parametrize('model,label,args,expected', readme_cells(), ids=lambda v: str(v))
+def test_onexn_readme_cell_builds_what_it_names(model, label, args, expected):
+  mod = load(os.path.join(ROOT, 'onexn', 'configs', 'imagenet.py'))
+  c = mod.get_config(args)
+  assert c.model.name == model and c.dataset.name == 'imagenet2012'
+  assert c.method.sparsity == 0.5
+  if label in ('weight', 'filter'):
+    assert c.method.pattern == label
+  else:
+    n = int(re.match(r'1x(\d+)', label).group(1))
+    assert (c.method.pattern, c.method.block_size_n) == ('block', n)
+    assert c.method.rearrange == label.endswith('rearr.')
+    # straddling blocks only where some MobileNet-V2 width is not a multiple of N
+    assert c.method.straddle_blocks == (model == 'mobilenet_v2' and n >= 16)
+  assert expected == 'not published' or 60 < float(expected) < 80

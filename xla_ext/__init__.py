@@ -1,4 +1,5 @@
-"""C++ XLA FFI CPU kernels and their JAX bindings: the 1xN block-sparse matmul.
+"""C++ XLA FFI CPU kernels and their JAX bindings: the 1xN block-sparse matmul (NHWC and
+channels-first) and the channels-first 3x3 depthwise conv.
 
 On import this module finds the compiled kernels and registers them with XLA
 (`jax.ffi.register_ffi_target`, platform 'cpu'):
@@ -14,12 +15,14 @@ says why, and `onexn.sparse_matmul` falls back to its pure-JAX path (or raises w
 backend was requested explicitly).
 
 The kernel computes, for the BSR-by-output-block encoding of a 1xN-sparse weight (1xN paper,
-Lin et al. TPAMI 2022, Fig. 3; spec section 2.3),
+Lin et al. TPAMI 2022, Fig. 3),
 
     y[..., g*N + j] = sum_{t = row_ptr[g]}^{row_ptr[g+1]-1} x[..., col_idx[t]] * values[t, j]
 
-The packed format itself, its validation and the differentiable, vmappable user API live in
-`onexn.sparse`; this module is the thin, checked call into C++.
+The packed format and its validation live in `onexn.block_sparse`, the differentiable, vmappable
+user API in `onexn.ops`; this module is the thin, checked call into C++. Every error names the op
+that raised it (`block_sparse_matmul`, `block_sparse_matmul_cf`, `depthwise3x3_cf`), here and in
+the C++ handlers.
 """
 from __future__ import annotations
 
@@ -128,7 +131,7 @@ def isa_supported(isa: str) -> bool:
 
 def _require() -> None:
   if _lib is None:
-    raise RuntimeError(f'the xla_ext C++ kernel is not available: {_load_error}')
+    raise RuntimeError(f'the xla_ext C++ kernels are not available: {_load_error}')
 
 
 def block_sparse_matmul(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
@@ -147,24 +150,21 @@ def block_sparse_matmul(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
     vmap_method: passed to `jax.ffi.ffi_call`; `onexn.sparse_matmul` has a faster batching rule.
   Returns:
     y: [..., G * N] of out_dtype, y[..., g*N + j] = sum_t x[..., col_idx[t]] * values[t, j]
-    over the segments t of group g (spec section 2.3). Empty groups give zeros.
+    over the segments t of group g (paper Fig. 3). Empty groups give zeros.
   Raises:
     RuntimeError: the kernel is not available (see `load_error()`).
     ValueError/TypeError: bad shapes, dtypes or options (checked here, before C++ sees them).
   """
-  _require()
-  if isa not in ISAS:
-    raise ValueError(f'isa must be one of {sorted(ISAS)}; got {isa!r}')
-  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
-    raise ValueError(f'num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
+  op = 'block_sparse_matmul'
+  _check_call_options(op, isa, 'none', num_threads)
   x_dtype = jnp.dtype(x.dtype)
   out_dtype = x_dtype if out_dtype is None else jnp.dtype(out_dtype)
   if x_dtype not in KERNEL_DTYPES or out_dtype not in KERNEL_DTYPES:
-    raise TypeError(f'the CPU kernel reads and writes float32 or bfloat16; got x {x_dtype}, '
-                    f'out {out_dtype}')
-  _check_encoding(row_ptr, col_idx, values)
+    raise TypeError(f'{op}: the CPU kernel reads and writes float32 or bfloat16; got x '
+                    f'{x_dtype}, out {out_dtype}')
+  _check_encoding(op, row_ptr, col_idx, values)
   if x.ndim < 1:
-    raise ValueError(f'x must have rank >= 1 ([..., K]); got shape {x.shape}')
+    raise ValueError(f'{op}: x must have rank >= 1 ([..., K]); got shape {x.shape}')
   m = (row_ptr.shape[0] - 1) * values.shape[1]
   out = jax.ShapeDtypeStruct(x.shape[:-1] + (m,), out_dtype)
   call = jax.ffi.ffi_call(TARGET_NAME, out, vmap_method=vmap_method)
@@ -173,26 +173,28 @@ def block_sparse_matmul(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
 
 
 
-def _check_call_options(isa: str, activation: str, num_threads) -> None:
+def _check_call_options(op: str, isa: str, activation: str, num_threads) -> None:
   _require()
   if isa not in ISAS:
-    raise ValueError(f'isa must be one of {sorted(ISAS)}; got {isa!r}')
+    raise ValueError(f'{op}: isa must be one of {sorted(ISAS)}; got {isa!r}')
   if activation not in ACTIVATIONS:
-    raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}')
-  if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
-    raise ValueError(f'num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
+    raise ValueError(f'{op}: activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}')
+  if (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or
+      num_threads < 0):
+    raise ValueError(f'{op}: num_threads must be an int >= 0 (0 = all); got {num_threads!r}')
 
 
-def _check_encoding(row_ptr, col_idx, values) -> None:
+def _check_encoding(op: str, row_ptr, col_idx, values) -> None:
   if jnp.dtype(row_ptr.dtype) != jnp.int32 or jnp.dtype(col_idx.dtype) != jnp.int32:
-    raise TypeError(f'row_ptr and col_idx must be int32; got {row_ptr.dtype}, {col_idx.dtype}')
+    raise TypeError(f'{op}: row_ptr and col_idx must be int32; got {row_ptr.dtype}, '
+                    f'{col_idx.dtype}')
   if not jnp.issubdtype(values.dtype, jnp.floating):
-    raise TypeError(f'values must be floating point; got {values.dtype}')
+    raise TypeError(f'{op}: values must be floating point; got {values.dtype}')
   if row_ptr.ndim != 1 or row_ptr.shape[0] < 1 or col_idx.ndim != 1 or values.ndim != 2:
-    raise ValueError(f'expected row_ptr [G+1], col_idx [nnzb], values [nnzb, N]; got '
+    raise ValueError(f'{op}: expected row_ptr [G+1], col_idx [nnzb], values [nnzb, N]; got '
                      f'{row_ptr.shape}, {col_idx.shape}, {values.shape}')
   if values.shape[0] != col_idx.shape[0] or values.shape[1] < 1:
-    raise ValueError(f'values {values.shape} must be [nnzb, N>=1] with nnzb = '
+    raise ValueError(f'{op}: values {values.shape} must be [nnzb, N>=1] with nnzb = '
                      f'len(col_idx) = {col_idx.shape[0]}')
 
 
@@ -204,7 +206,7 @@ def block_sparse_matmul_cf(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
   """One call of the channels-first FFI kernel (CPU only, float32), with a fused epilogue.
 
   ``y[b, g*N + j, p] = act(sum_t values[t, j] * x[b, col_idx[t], p] + bias[g*N + j]
-  + residual[b, g*N + j, p])`` over the kept segments t of group g (spec section 2.3; the
+  + residual[b, g*N + j, p])`` over the kept segments t of group g (paper Fig. 3; the
   epilogue is a folded BatchNorm's bias, a residual sum and ReLU / ReLU6).
 
   Args:
@@ -220,19 +222,21 @@ def block_sparse_matmul_cf(x: jax.Array, row_ptr: jax.Array, col_idx: jax.Array,
     RuntimeError: the kernel is not available (see `load_error()`).
     ValueError/TypeError: bad shapes, dtypes or options (checked here, before C++ sees them).
   """
-  _check_call_options(isa, activation, num_threads)
-  _check_encoding(row_ptr, col_idx, values)
+  op = 'block_sparse_matmul_cf'
+  _check_call_options(op, isa, activation, num_threads)
+  _check_encoding(op, row_ptr, col_idx, values)
   if jnp.dtype(x.dtype) != jnp.float32:
-    raise TypeError(f'the channels-first CPU kernel reads and writes float32; got x {x.dtype}')
+    raise TypeError(f'{op}: the channels-first CPU kernel reads and writes float32; got x '
+                    f'{x.dtype}')
   if x.ndim != 3:
-    raise ValueError(f'x must be [B, K, P]; got shape {x.shape}')
+    raise ValueError(f'{op}: x must be [B, K, P]; got shape {x.shape}')
   m = (row_ptr.shape[0] - 1) * values.shape[1]
   out_shape = (x.shape[0], m, x.shape[2])
   if bias is not None and (tuple(bias.shape) != (m,) or jnp.dtype(bias.dtype) != jnp.float32):
-    raise ValueError(f'bias must be float32 [{m}]; got {bias.dtype} {tuple(bias.shape)}')
+    raise ValueError(f'{op}: bias must be float32 [{m}]; got {bias.dtype} {tuple(bias.shape)}')
   if residual is not None and (tuple(residual.shape) != out_shape or
                                jnp.dtype(residual.dtype) != jnp.float32):
-    raise ValueError(f'residual must be float32 {list(out_shape)}; got {residual.dtype} '
+    raise ValueError(f'{op}: residual must be float32 {list(out_shape)}; got {residual.dtype} '
                      f'{list(residual.shape)}')
   empty = jnp.zeros((0,), jnp.float32)
   call = jax.ffi.ffi_call(TARGET_NAME_CF, jax.ShapeDtypeStruct(out_shape, jnp.float32),
@@ -267,28 +271,29 @@ def depthwise3x3_cf(x: jax.Array, kernel: jax.Array, bias: jax.Array, hw, stride
   Raises:
     ValueError/TypeError: bad shapes, dtypes or options (checked here, before C++ sees them).
   """
-  _check_call_options(isa, activation, num_threads)
+  op = 'depthwise3x3_cf'
+  _check_call_options(op, isa, activation, num_threads)
   if stride not in (1, 2):
-    raise ValueError(f'stride must be 1 or 2; got {stride!r}')
+    raise ValueError(f'{op}: stride must be 1 or 2; got {stride!r}')
   h, w = (int(v) for v in hw)
   if h < 1 or w < 1:
-    raise ValueError(f'hw must be two positive ints; got {hw!r}')
+    raise ValueError(f'{op}: hw must be two positive ints; got {hw!r}')
   if x.ndim != 3 or x.shape[2] != h * (w + 2):
-    raise ValueError(f'x must be [B, C, h*(w+2)] = [B, C, {h * (w + 2)}] for hw={hw}; got '
+    raise ValueError(f'{op}: x must be [B, C, h*(w+2)] = [B, C, {h * (w + 2)}] for hw={hw}; got '
                      f'{list(x.shape)}')
   c = x.shape[1]
   if kernel.ndim == 4:
     if kernel.shape != (3, 3, 1, c):
-      raise ValueError(f'a 4-D kernel must be the depthwise HWIO [3, 3, 1, {c}] (flax\'s); got '
-                       f'{list(kernel.shape)}')
+      raise ValueError(f'{op}: a 4-D kernel must be the depthwise HWIO [3, 3, 1, {c}] (flax\'s); '
+                       f'got {list(kernel.shape)}')
     kernel = jnp.transpose(kernel[:, :, 0, :], (2, 0, 1))
   kernel = kernel.reshape(kernel.shape[0], -1) if kernel.ndim == 3 else kernel
   if kernel.shape != (c, 9) or bias.shape != (c,):
-    raise ValueError(f'kernel must be [{c}, 9] (or [{c}, 3, 3]) and bias [{c}]; got '
+    raise ValueError(f'{op}: kernel must be [{c}, 9] (or [{c}, 3, 3]) and bias [{c}]; got '
                      f'{list(kernel.shape)}, {list(bias.shape)}')
   for name, a in (('x', x), ('kernel', kernel), ('bias', bias)):
     if jnp.dtype(a.dtype) != jnp.float32:
-      raise TypeError(f'the depthwise CPU kernel computes float32; got {name} {a.dtype}')
+      raise TypeError(f'{op}: the depthwise CPU kernel computes float32; got {name} {a.dtype}')
   ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
   out = jax.ShapeDtypeStruct((x.shape[0], c, ho * (wo + 2)), jnp.float32)
   call = jax.ffi.ffi_call(TARGET_NAME_DW, out, vmap_method=vmap_method)

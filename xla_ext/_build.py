@@ -19,7 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # compiled with `#pragma GCC target`, never with -m flags, so one build runs on every x86-64 CPU
 # and the instruction set is chosen at run time (__builtin_cpu_supports in bsmm_ffi.cc).
 SOURCES = ('bsmm_ffi.cc', 'bsmm_generic.cc', 'bsmm_avx2.cc', 'bsmm_avx512.cc')
-HEADERS = ('bsmm.h', 'bsmm_impl.h', 'bsmm_cf_impl.h', 'bsmm_dw_impl.h', 'bsmm_avx_pack.h')
+HEADERS = ('bsmm.h', 'bsmm_impl.h', 'bsmm_cf_impl.h', 'bsmm_avx_pack.h', 'depthwise3x3.h',
+           'depthwise3x3_impl.h')
 CXXFLAGS = ('-O3', '-std=c++17', '-fPIC', '-fvisibility=hidden', '-fno-math-errno')
 # The package-relative name setuptools gives the built library (plus the interpreter's suffix).
 EXTENSION_NAME = 'xla_ext._bsmm'

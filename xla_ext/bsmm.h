@@ -5,7 +5,7 @@
 //
 // x is [rows, k] row-major (rows = pixels of an NHWC activation, or im2col patches), y is
 // [rows, m] with m = groups * n. This is the BSR-by-output-block encoding of the 1xN paper
-// (Lin et al., TPAMI 2022, Fig. 3; spec section 2.3): one kept segment = 1 input x N consecutive
+// (Lin et al., TPAMI 2022, Fig. 3): one kept segment = 1 input x N consecutive
 // outputs, stored as N contiguous values.
 //
 // Plain C types only: the ISA translation units are compiled with different target options, so
@@ -92,33 +92,6 @@ struct BsmmCfKernel {
   void (*run)(const BsmmCfProblem& problem, int64_t tile_begin, int64_t tile_end,
               int64_t group_begin, int64_t group_end, float* workspace);
 };
-
-// 3x3 depthwise conv, padding 1, stride 1 or 2, channels-first "padded-width" layout (the
-// activations of onexn.channels_first): a plane of h x w pixels is h rows of w + 2 floats, the
-// last 2 of each row junk (ignored on input, written as 0 on output).
-//
-//   y[b, c, o] = act(bias[c] + sum_{dy, dx} kernel[c, dy*3 + dx] * x[b, c, in(o, dy, dx)])
-struct BsmmDwProblem {
-  const float* x;       // [batch, channels, h * (w + 2)]
-  const float* kernel;  // [channels, 9]
-  const float* bias;    // [channels]
-  float* y;             // [batch, channels, ho * (wo + 2)]
-  int64_t batch, channels, h, w, ho, wo, stride;
-  int32_t activation;   // BsmmActivation
-};
-
-// `run` computes planes (b * channels + c) [tile_begin, tile_end) (the group range is unused);
-// workspace: `workspace_floats(h, w, stride)` floats, 64-byte aligned.
-struct BsmmDwKernel {
-  const char* name;
-  void (*run)(const BsmmDwProblem& problem, int64_t tile_begin, int64_t tile_end,
-              int64_t group_begin, int64_t group_end, float* workspace);
-  int64_t (*workspace_floats)(int64_t h, int64_t w, int64_t stride);
-};
-
-extern const BsmmDwKernel kBsmmDwGeneric;
-extern const BsmmDwKernel kBsmmDwAvx2;
-extern const BsmmDwKernel kBsmmDwAvx512;
 
 extern const BsmmCfKernel kBsmmCfGeneric;
 extern const BsmmCfKernel kBsmmCfAvx2;

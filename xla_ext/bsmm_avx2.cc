@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "bsmm.h"
+#include "depthwise3x3.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -81,12 +82,13 @@ struct Isa {
 
 #include "bsmm_impl.h"
 #include "bsmm_cf_impl.h"
-#include "bsmm_dw_impl.h"
+#include "depthwise3x3_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx2 = {"avx2", Isa::kTile, &RunTiles};
 const BsmmCfKernel kBsmmCfAvx2 = {"avx2", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
-const BsmmDwKernel kBsmmDwAvx2 = {"avx2", &RunDw, &DwWorkspace};
+const Depthwise3x3Kernel kDepthwise3x3Avx2 = {"avx2", &RunDepthwise3x3,
+                                            &Depthwise3x3WorkspaceFloats};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "bsmm.h"
+#include "depthwise3x3.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
@@ -145,12 +146,13 @@ struct Isa {
 
 #include "bsmm_impl.h"
 #include "bsmm_cf_impl.h"
-#include "bsmm_dw_impl.h"
+#include "depthwise3x3_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmAvx512 = {"avx512", Isa::kTile, &RunTiles};
 const BsmmCfKernel kBsmmCfAvx512 = {"avx512", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
-const BsmmDwKernel kBsmmDwAvx512 = {"avx512", &RunDw, &DwWorkspace};
+const Depthwise3x3Kernel kDepthwise3x3Avx512 = {"avx512", &RunDepthwise3x3,
+                                            &Depthwise3x3WorkspaceFloats};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

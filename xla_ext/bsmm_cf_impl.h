@@ -2,7 +2,7 @@
 // included by each ISA unit after bsmm_impl.h, whose Isa interface and Accumulate it reuses.
 // It uses the channels-first part of the Isa interface (listed in bsmm_impl.h).
 //
-// Why channels-first (spec section 2.3; shared/notes/jax-stack.md section 4): with x stored as
+// Why channels-first (the decode of the paper's Fig. 3, vectorised over pixels): with x stored as
 // [k][pixels] per image, a kept segment's input feature over a tile of pixels is already a run of
 // contiguous vectors, so
 // * nothing is transposed: the NHWC kernel spends up to half of its time at p = 0.9 packing x

@@ -17,12 +17,13 @@
 // activation (0 none, 1 relu, 2 relu6), has_bias, has_residual (0/1).
 //
 // "xla_ext_depthwise3x3_cf": 3x3 depthwise conv (padding 1, stride 1/2) + bias + activation on
-// the channels-first padded-width layout (bsmm.h, BsmmDwProblem). Operands x f32[B, C, h*(w+2)],
+// the channels-first padded-width layout (depthwise3x3.h, Depthwise3x3Problem). Operands x f32[B, C, h*(w+2)],
 // kernel f32[C, 9], bias f32[C]; result f32[B, C, ho*(wo+2)]; attributes h, w, stride,
 // activation, num_threads, isa.
 //
 // The instruction set is picked at run time with __builtin_cpu_supports, so one build runs on
-// any x86-64 CPU. Work is split over row tiles (and over output groups when there are few tiles)
+// any x86-64 CPU; kIsaKernels holds, per instruction set, the kernel of each of the three ops.
+// Every error message starts with the name of the op that raised it. Work is split over row tiles (and over output groups when there are few tiles)
 // and run on XLA's intra-op thread pool; the calling thread takes part, so the call completes
 // even if the pool never runs the scheduled tasks.
 #include <stdint.h>
@@ -34,6 +35,7 @@
 #include <thread>
 
 #include "bsmm.h"
+#include "depthwise3x3.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -62,18 +64,22 @@ int64_t BestIsa() {
   return kIsaGeneric;
 }
 
-const xla_ext::BsmmKernel* KernelFor(int64_t isa) {
-  switch (isa) {
-    case kIsaGeneric:
-      return &xla_ext::kBsmmGeneric;
-    case kIsaAvx2:
-      return &xla_ext::kBsmmAvx2;
-    case kIsaAvx512:
-      return &xla_ext::kBsmmAvx512;
-    default:
-      return nullptr;
-  }
-}
+// The kernels built for one instruction set, one per op.
+struct IsaKernels {
+  int64_t isa;
+  const char* name;
+  const xla_ext::BsmmKernel* matmul;           // block_sparse_matmul (NHWC)
+  const xla_ext::BsmmCfKernel* matmul_cf;      // block_sparse_matmul_cf (channels-first)
+  const xla_ext::Depthwise3x3Kernel* depthwise;  // depthwise3x3_cf
+};
+
+const IsaKernels kIsaKernels[] = {
+    {kIsaGeneric, "generic", &xla_ext::kBsmmGeneric, &xla_ext::kBsmmCfGeneric,
+     &xla_ext::kDepthwise3x3Generic},
+    {kIsaAvx2, "avx2", &xla_ext::kBsmmAvx2, &xla_ext::kBsmmCfAvx2, &xla_ext::kDepthwise3x3Avx2},
+    {kIsaAvx512, "avx512", &xla_ext::kBsmmAvx512, &xla_ext::kBsmmCfAvx512,
+     &xla_ext::kDepthwise3x3Avx512},
+};
 
 // Per-thread packing buffer, reused across calls (XLA's pool threads live for the process).
 float* ThreadWorkspace(int64_t floats) {
@@ -161,7 +167,7 @@ void RunItems(const Work& work, int64_t workspace_floats, const Plan& plan, Shar
 
 // Splits `plan` over the calling thread and `threads - 1` tasks on XLA's intra-op pool.
 template <class Work>
-ffi::Error RunParallel(ffi::ThreadPool& pool, int64_t threads, const Plan& plan,
+ffi::Error RunParallel(const char* op, ffi::ThreadPool& pool, int64_t threads, const Plan& plan,
                        int64_t workspace_floats, const Work& work) {
   if (threads > plan.items) threads = plan.items;
   auto state = std::make_shared<SharedState>();
@@ -175,7 +181,7 @@ ffi::Error RunParallel(ffi::ThreadPool& pool, int64_t threads, const Plan& plan,
   while (state->done.load(std::memory_order_acquire) < plan.items) std::this_thread::yield();
   if (state->out_of_memory.load())
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      "block_sparse_matmul: could not allocate the packing workspace");
+                      std::string(op) + ": could not allocate the workspace");
   return ffi::Error::Success();
 }
 
@@ -189,25 +195,26 @@ int64_t ThreadsFor(ffi::ThreadPool& pool, int64_t num_threads, double fmas) {
 
 // Checks the BSR encoding against k (O(G + nnzb), negligible next to the FMAs) so that a
 // corrupted operand is an error, not an out-of-bounds read.
-ffi::Error CheckEncoding(ffi::Buffer<ffi::S32>& row_ptr, ffi::Buffer<ffi::S32>& col_idx,
-                         ffi::Buffer<ffi::F32>& values, int64_t k) {
+ffi::Error CheckEncoding(const char* op, ffi::Buffer<ffi::S32>& row_ptr,
+                         ffi::Buffer<ffi::S32>& col_idx, ffi::Buffer<ffi::F32>& values, int64_t k) {
+  const std::string where = std::string(op) + ": ";
   const auto rd = row_ptr.dimensions(), cd = col_idx.dimensions(), vd = values.dimensions();
   if (rd.size() != 1 || rd[0] < 1 || cd.size() != 1 || vd.size() != 2 || vd[1] < 1)
     return ffi::Error::InvalidArgument(
-        "block_sparse_matmul: expected row_ptr [G+1], col_idx [nnzb], values [nnzb, N>=1]; got " +
+        where + "expected row_ptr [G+1], col_idx [nnzb], values [nnzb, N>=1]; got " +
         Dims(rd) + ", " + Dims(cd) + ", " + Dims(vd));
   const int64_t groups = rd[0] - 1, nnzb = cd[0];
   if (vd[0] != nnzb)
-    return ffi::Error::InvalidArgument("block_sparse_matmul: values has " + std::to_string(vd[0]) +
+    return ffi::Error::InvalidArgument(where + "values has " + std::to_string(vd[0]) +
                                        " segments but col_idx has " + std::to_string(nnzb));
   const int32_t* rp = row_ptr.typed_data();
   const int32_t* ci = col_idx.typed_data();
   if (rp[0] != 0 || rp[groups] != nnzb)
-    return ffi::Error::InvalidArgument("block_sparse_matmul: row_ptr must start at 0 and end at "
-                                       "nnzb = " + std::to_string(nnzb));
+    return ffi::Error::InvalidArgument(where + "row_ptr must start at 0 and end at nnzb = " +
+                                       std::to_string(nnzb));
   for (int64_t g = 0; g < groups; ++g)
     if (rp[g + 1] < rp[g])
-      return ffi::Error::InvalidArgument("block_sparse_matmul: row_ptr is decreasing at group " +
+      return ffi::Error::InvalidArgument(where + "row_ptr is decreasing at group " +
                                          std::to_string(g));
   // Branch-free (vectorised) scan first; the offending index is looked up only on failure.
   uint32_t bad = 0;
@@ -216,26 +223,32 @@ ffi::Error CheckEncoding(ffi::Buffer<ffi::S32>& row_ptr, ffi::Buffer<ffi::S32>& 
   if (bad)
     for (int64_t t = 0; t < nnzb; ++t)
       if (ci[t] < 0 || ci[t] >= k)
-        return ffi::Error::InvalidArgument("block_sparse_matmul: col_idx[" + std::to_string(t) +
+        return ffi::Error::InvalidArgument(where + "col_idx[" + std::to_string(t) +
                                            "] = " + std::to_string(ci[t]) + " is outside [0, " +
                                            std::to_string(k) + ")");
   return ffi::Error::Success();
 }
 
-ffi::Error PickIsa(int64_t* isa) {
-  if (*isa == kIsaAuto) *isa = BestIsa();
-  if (*isa < kIsaGeneric || *isa > kIsaAvx512)
-    return ffi::Error::InvalidArgument("block_sparse_matmul: unknown isa");
-  if (!CpuSupports(*isa))
-    return ffi::Error::InvalidArgument(std::string("block_sparse_matmul: this CPU does not support ") +
-                                       KernelFor(*isa)->name);
-  return ffi::Error::Success();
+// The kernel table row of `isa` (kIsaAuto: the best this CPU supports), checked against the CPU.
+ffi::Error PickKernels(const char* op, int64_t isa, const IsaKernels** out) {
+  if (isa == kIsaAuto) isa = BestIsa();
+  for (const IsaKernels& row : kIsaKernels) {
+    if (row.isa != isa) continue;
+    if (!CpuSupports(isa))
+      return ffi::Error::InvalidArgument(std::string(op) + ": this CPU does not support isa " +
+                                         row.name);
+    *out = &row;
+    return ffi::Error::Success();
+  }
+  return ffi::Error::InvalidArgument(std::string(op) + ": unknown isa " + std::to_string(isa) +
+                                     "; allowed 0 (auto), 1 (generic), 2 (avx2), 3 (avx512)");
 }
 
 ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row_ptr,
                                  ffi::Buffer<ffi::S32> col_idx, ffi::Buffer<ffi::F32> values,
                                  ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
                                  int64_t num_threads, int64_t isa) {
+  static constexpr char kOp[] = "block_sparse_matmul";
   const auto xd = x.dimensions(), yd = y->dimensions();
   if (xd.size() < 1 || yd.size() != xd.size())
     return ffi::Error::InvalidArgument("block_sparse_matmul: x " + Dims(xd) + " and y " + Dims(yd) +
@@ -248,7 +261,7 @@ ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row
     rows *= xd[i];
   }
   const int64_t k = xd[xd.size() - 1];
-  if (ffi::Error e = CheckEncoding(row_ptr, col_idx, values, k); e.failure()) return e;
+  if (ffi::Error e = CheckEncoding(kOp, row_ptr, col_idx, values, k); e.failure()) return e;
   const int64_t groups = row_ptr.dimensions()[0] - 1, nnzb = col_idx.dimensions()[0];
   const int64_t n = values.dimensions()[1];
   if (yd[yd.size() - 1] != groups * n)
@@ -258,8 +271,9 @@ ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row
   const int32_t x_type = ElemType(x.element_type()), y_type = ElemType(y->element_type());
   if (x_type < 0 || y_type < 0)
     return ffi::Error::InvalidArgument("block_sparse_matmul: x and y must be f32 or bf16");
-  if (ffi::Error e = PickIsa(&isa); e.failure()) return e;
-  const xla_ext::BsmmKernel* kernel = KernelFor(isa);
+  const IsaKernels* kernels = nullptr;
+  if (ffi::Error e = PickKernels(kOp, isa, &kernels); e.failure()) return e;
+  const xla_ext::BsmmKernel* kernel = kernels->matmul;
   if (rows == 0 || groups == 0) return ffi::Error::Success();
 
   xla_ext::BsmmProblem pr;
@@ -280,19 +294,8 @@ ffi::Error BlockSparseMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row
   auto work = [kernel, pr](int64_t t0, int64_t t1, int64_t g0, int64_t g1, float* ws) {
     kernel->run(pr, t0, t1, g0, g1, ws);
   };
-  return RunParallel(pool, threads, plan,
+  return RunParallel(kOp, pool, threads, plan,
                      xla_ext::BsmmWorkspaceFloats(k, n, kernel->tile_rows), work);
-}
-
-const xla_ext::BsmmCfKernel* CfKernelFor(int64_t isa) {
-  switch (isa) {
-    case kIsaGeneric:
-      return &xla_ext::kBsmmCfGeneric;
-    case kIsaAvx2:
-      return &xla_ext::kBsmmCfAvx2;
-    default:
-      return &xla_ext::kBsmmCfAvx512;
-  }
 }
 
 ffi::Error BlockSparseMatmulCfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row_ptr,
@@ -302,12 +305,13 @@ ffi::Error BlockSparseMatmulCfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> r
                                    ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t num_threads,
                                    int64_t isa, int64_t activation, int64_t has_bias,
                                    int64_t has_residual) {
+  static constexpr char kOp[] = "block_sparse_matmul_cf";
   const auto xd = x.dimensions(), yd = y->dimensions();
   if (xd.size() != 3 || yd.size() != 3 || xd[0] != yd[0] || xd[2] != yd[2])
     return ffi::Error::InvalidArgument("block_sparse_matmul_cf: expected x [B, K, P] and y "
                                        "[B, C_out, P]; got " + Dims(xd) + " and " + Dims(yd));
   const int64_t batch = xd[0], k = xd[1], pixels = xd[2];
-  if (ffi::Error e = CheckEncoding(row_ptr, col_idx, values, k); e.failure()) return e;
+  if (ffi::Error e = CheckEncoding(kOp, row_ptr, col_idx, values, k); e.failure()) return e;
   const int64_t groups = row_ptr.dimensions()[0] - 1, nnzb = col_idx.dimensions()[0];
   const int64_t n = values.dimensions()[1], m = groups * n;
   if (yd[1] != m)
@@ -322,8 +326,9 @@ ffi::Error BlockSparseMatmulCfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> r
   if (activation < xla_ext::kBsmmActNone || activation > xla_ext::kBsmmActRelu6)
     return ffi::Error::InvalidArgument("block_sparse_matmul_cf: activation must be 0 (none), "
                                        "1 (relu) or 2 (relu6); got " + std::to_string(activation));
-  if (ffi::Error e = PickIsa(&isa); e.failure()) return e;
-  const xla_ext::BsmmCfKernel* kernel = CfKernelFor(isa);
+  const IsaKernels* kernels = nullptr;
+  if (ffi::Error e = PickKernels(kOp, isa, &kernels); e.failure()) return e;
+  const xla_ext::BsmmCfKernel* kernel = kernels->matmul_cf;
   if (batch == 0 || pixels == 0 || m == 0) return ffi::Error::Success();
 
   xla_ext::BsmmCfProblem pr;
@@ -348,18 +353,7 @@ ffi::Error BlockSparseMatmulCfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> r
   auto work = [kernel, pr](int64_t t0, int64_t t1, int64_t g0, int64_t g1, float* ws) {
     kernel->run(pr, t0, t1, g0, g1, ws);
   };
-  return RunParallel(pool, threads, plan, /*workspace_floats=*/0, work);
-}
-
-const xla_ext::BsmmDwKernel* DwKernelFor(int64_t isa) {
-  switch (isa) {
-    case kIsaGeneric:
-      return &xla_ext::kBsmmDwGeneric;
-    case kIsaAvx2:
-      return &xla_ext::kBsmmDwAvx2;
-    default:
-      return &xla_ext::kBsmmDwAvx512;
-  }
+  return RunParallel(kOp, pool, threads, plan, /*workspace_floats=*/0, work);
 }
 
 ffi::Error Depthwise3x3CfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -367,12 +361,14 @@ ffi::Error Depthwise3x3CfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                               ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t h, int64_t w,
                               int64_t stride, int64_t activation, int64_t num_threads,
                               int64_t isa) {
+  static constexpr char kOp[] = "depthwise3x3_cf";
   const auto xd = x.dimensions(), yd = y->dimensions();
   if (stride != 1 && stride != 2)
     return ffi::Error::InvalidArgument("depthwise3x3_cf: stride must be 1 or 2; got " +
                                        std::to_string(stride));
   if (h < 1 || w < 1)
-    return ffi::Error::InvalidArgument("depthwise3x3_cf: h and w must be >= 1");
+    return ffi::Error::InvalidArgument("depthwise3x3_cf: h and w must be >= 1; got " +
+                                       std::to_string(h) + ", " + std::to_string(w));
   const int64_t ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
   if (xd.size() != 3 || yd.size() != 3 || xd[0] != yd[0] || xd[1] != yd[1] ||
       xd[2] != h * (w + 2) || yd[2] != ho * (wo + 2))
@@ -387,13 +383,15 @@ ffi::Error Depthwise3x3CfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                        "C = " + std::to_string(channels) + "; got " +
                                        Dims(kernel.dimensions()) + ", " + Dims(bias.dimensions()));
   if (activation < xla_ext::kBsmmActNone || activation > xla_ext::kBsmmActRelu6)
-    return ffi::Error::InvalidArgument("depthwise3x3_cf: activation must be 0, 1 or 2");
-  if (ffi::Error e = PickIsa(&isa); e.failure()) return e;
-  const xla_ext::BsmmDwKernel* k = DwKernelFor(isa);
+    return ffi::Error::InvalidArgument("depthwise3x3_cf: activation must be 0 (none), 1 (relu) or "
+                                       "2 (relu6); got " + std::to_string(activation));
+  const IsaKernels* kernels = nullptr;
+  if (ffi::Error e = PickKernels(kOp, isa, &kernels); e.failure()) return e;
+  const xla_ext::Depthwise3x3Kernel* k = kernels->depthwise;
   const int64_t planes = xd[0] * channels;
   if (planes == 0) return ffi::Error::Success();
 
-  xla_ext::BsmmDwProblem pr;
+  xla_ext::Depthwise3x3Problem pr;
   pr.x = x.typed_data();
   pr.kernel = kernel.typed_data();
   pr.bias = bias.typed_data();
@@ -411,7 +409,7 @@ ffi::Error Depthwise3x3CfImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   auto work = [k, pr](int64_t t0, int64_t t1, int64_t g0, int64_t g1, float* ws) {
     k->run(pr, t0, t1, g0, g1, ws);
   };
-  return RunParallel(pool, threads, plan, k->workspace_floats(h, w, stride), work);
+  return RunParallel(kOp, pool, threads, plan, k->workspace_floats(h, w, stride), work);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "bsmm.h"
+#include "depthwise3x3.h"
 
 namespace xla_ext {
 
@@ -125,12 +126,13 @@ struct Isa {
 
 #include "bsmm_impl.h"
 #include "bsmm_cf_impl.h"
-#include "bsmm_dw_impl.h"
+#include "depthwise3x3_impl.h"
 
 namespace xla_ext {
 const BsmmKernel kBsmmGeneric = {"generic", Isa::kTile, &RunTiles};
 const BsmmCfKernel kBsmmCfGeneric = {"generic", Isa::kCfVecs * Isa::kLanes, &RunTilesCf};
-const BsmmDwKernel kBsmmDwGeneric = {"generic", &RunDw, &DwWorkspace};
+const Depthwise3x3Kernel kDepthwise3x3Generic = {"generic", &RunDepthwise3x3,
+                                            &Depthwise3x3WorkspaceFloats};
 }  // namespace xla_ext
 
 #pragma GCC pop_options

@@ -15,7 +15,7 @@
 //     // Rows [0, valid) of x ([valid, k], row stride k) into panel[c * kTile + j], j < cols,
 //     // zero for valid <= j < cols (cols is a multiple of 8, <= kTile).
 //     static void PackRowsF32(const float* x, int64_t k, int64_t valid, int64_t cols, float* panel);
-//     // Used by the channels-first kernels (bsmm_cf_impl.h, bsmm_dw_impl.h):
+//     // Used by the channels-first kernels (bsmm_cf_impl.h, depthwise3x3_impl.h):
 //     static constexpr int kCfVecs;                     // vectors per channels-first tile
 //     static Vec LoadU(const float*); static void StoreU(float*, Vec);   // unaligned
 //     static Vec Add(Vec, Vec), Max(Vec, Vec), Min(Vec, Vec);  // Max/Min as maxps/minps
@@ -26,7 +26,7 @@
 //     static void Deinterleave(const float* src, int n, Vec* even, Vec* odd);
 //   };
 //
-// Algorithm (why this shape; spec section 2.3, and shared/notes/jax-stack.md section 4):
+// Algorithm (why this shape; the decode of the 1xN paper's Fig. 3, measured in xla_ext/README.md):
 // * The 1xN structure means each kept segment t multiplies ONE input feature by N consecutive
 //   output weights. We make the pixel (row) axis the vector axis: a row tile of x (kTile pixels)
 //   is transposed once into a contiguous panel [k][kTile], so input feature c of the whole tile

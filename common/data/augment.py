@@ -140,7 +140,7 @@ def color_jitter(img: np.ndarray, rng: np.random.RandomState, brightness: float,
 
   Factors ~ U(max(0, 1 - v), 1 + v), the three operations in a random order, each a blend with a
   degenerate image as PIL's ImageEnhance does (black; the mean grey level; the grey image), rounded
-  and clipped to uint8 after every step (slimmable_networks' "imagenet1k_mobile", PSS-Net §1.8).
+  and clipped to uint8 after every step (slimmable_networks' "imagenet1k_mobile", which PSS-Net's code uses).
   """
   x = img.astype(np.float32)
   ops = rng.permutation(3)
@@ -196,7 +196,8 @@ def imagenet_train(img: np.ndarray, rng: np.random.RandomState, *, size: int = 2
 
   ``[Resize(pre_resize)] -> RandomResizedCrop(size, scale) | RandomCrop(size) -> [ColorJitter]
   -> [RandomHorizontalFlip] -> ToTensor -> [Lighting]`` (flip and lighting commute). Defaults:
-  the standard recipe of pruning spec §0.4; ReCU / 1xN pass ``scale=(0.08, 1.25)``, ReCU
+  the torchvision ImageNet recipe of the DCFF / 1xN / White-Box / Jackpot code
+  (``RandomResizedCrop(224)`` + flip); ReCU / 1xN pass ``scale=(0.08, 1.25)``, ReCU
   ``alphastd=0.1``; PSS-Net ``scale=(0.25, 1), jitter=0.4, alphastd=0.1``; CEC's CUB loader
   ``pre_resize=256``; LEC's ``pre_resize=(256, 256), crop='plain'``.
   """
@@ -222,7 +223,8 @@ def imagenet_eval(img: np.ndarray, *, size: int = 224,
                   resize_to: Union[int, Sequence[int]] = 256) -> np.ndarray:
   """``Resize(resize_to) -> CenterCrop(size) -> ToTensor`` -> float32 ``[size, size, 3]`` in [0, 1].
 
-  ``resize_to`` int resizes the shorter side (256 for 224 crops, pruning spec §0.4); ``(h, w)``
+  ``resize_to`` int resizes the shorter side (256 for 224 crops, torchvision's ImageNet validation
+  transform); ``(h, w)``
   resizes to exactly that (LEC's CUB test uses ``(224, 224)``, i.e. no crop).
   """
   img = center_crop(resize(img, resize_to), size)

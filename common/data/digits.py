@@ -14,7 +14,7 @@ from common.data import augment, pipeline
 
 SPLITS = ('train', 'test')
 NUM_EXAMPLES = 1797
-DEFAULT_TEST_SIZE = 360          # the 1437 / 360 split of the binary spec §6
+DEFAULT_TEST_SIZE = 360          # 1437 train / 360 test, stratified (sklearn load_digits: 1797)
 UPSAMPLINGS = ('nearest', 'bilinear')
 OPTIONS = ('split_seed', 'test_size', 'upsample', 'pad', 'prefetch')
 
@@ -61,10 +61,11 @@ def load(split: str, *, seed: int = 0, augment_train: bool = True,
     split: 'train' | 'test' (optionally sliced, e.g. 'train[:500]').
     seed: data-order / augmentation seed (does not change the split).
     augment_train: pad-``pad`` random crop when batching with ``train=True``. Never flips: digits
-      are not flip-invariant (pruning spec §0.4, binary spec §6, ffsd spec A8).
+      are not flip-invariant (a mirrored 2, 3 or 7 is not a digit).
     normalization: None / 'standardize' (default): subtract the train split's pixel mean and
       divide by its std, so the train images have mean 0 and std 1; or any
-      ``pipeline.normalization`` spec (e.g. 'imagenet', which the binary spec's digits runs use),
+      ``pipeline.normalization`` spec (e.g. 'imagenet', which the ReCU / SiMaN digits runs use, as their
+      CIFAR loaders do),
       applied to [0, 1] pixels.
     split_seed: seed of the stratified train/test split (fixed at 0 so that runs with different
       training seeds evaluate on the same test set).

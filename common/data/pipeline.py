@@ -27,9 +27,9 @@ Batch = Dict[str, np.ndarray]
 
 # (mean, std) per RGB channel of images scaled to [0, 1].
 NORMALIZATIONS = {
-    # DCFF / 1xN / White-Box / Jackpot CIFAR loaders (pruning spec §0.4).
+    # DCFF / 1xN / White-Box / Jackpot CIFAR loaders (their cifar.py Normalize).
     'cifar': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    # FFSD's CIFAR-100 loader (ffsd-fdda spec A4).
+    # FFSD's CIFAR-100 loader (SJLeo/FFSD cifar.py).
     'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     # ImageNet statistics (every ImageNet loader; ReCU / SiMaN and LEC use them on CIFAR too).
     'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),

@@ -34,6 +34,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from common import cli
 from common.data import augment, tfds_source, tfrecord
 from common.data.tfds_source import TFDS_DATASETS, default_data_dir
 
@@ -64,7 +65,8 @@ def make_builder(name: str, splits: Dict[str, Examples], num_classes: Optional[i
     VERSION = tfds.core.Version(globals()['VERSION'])
 
     def _info(self):
-      # A DatasetInfo built here (not from metadata files): jax-stack.md §2 gotcha 1.
+      # A DatasetInfo built here, not ``dataset_info_from_configs``: for a builder defined in a
+      # module tfds looks for metadata files next to it and fails with NotADirectoryError.
       return tfds.core.DatasetInfo(
           builder=self, features=tfds.features.FeaturesDict({
               'image': image_feature,
@@ -318,7 +320,7 @@ def prepare(name: str, source: str, data_dir: str) -> str:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(
+  ap = cli.ArgumentParser(
       prog='python -m common.data.prepare', description=__doc__.split('\n')[0],
       epilog=__doc__.split('\n', 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument('--dataset', required=True, choices=sorted(TFDS_DATASETS))
@@ -329,9 +331,8 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   try:
     path = prepare(args.dataset, args.source, args.data_dir)
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except (OSError, ValueError) as e:  # missing / unreadable source, wrong layout, bad archive
+    cli.fail(str(e))
   print(f'prepared {args.dataset} in {path}')
   return 0
 

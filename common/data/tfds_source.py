@@ -1,7 +1,7 @@
 """TFDS data sets read from array_record files, without TensorFlow.
 
 ``tfds.builder_from_directory(dir).as_data_source(split)`` gives random access to array_record
-files with NumPy records (shared notes jax-stack.md §2). ``python -m common.data.prepare`` writes
+files with NumPy records (no TensorFlow: ``as_dataset`` would need it for array_record). ``python -m common.data.prepare`` writes
 them once from downloaded archives or from a TF-prepared tfrecord copy; our builders store CIFAR
 as uint8 tensors and ImageNet / CUB as encoded JPEG ``Image`` features. Any other array_record
 copy with the TFDS feature names ``image`` / ``label`` (``Image`` or uint8 ``Tensor`` images)
@@ -162,7 +162,7 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None, seed: int = 0
          **options) -> pipeline.Dataset:
   """A split of a prepared TFDS data set as a :class:`pipeline.Dataset`.
 
-  CIFAR-10/100 (pruning spec §0.4): train ``RandomCrop(32, padding=pad)`` + flip, test
+  CIFAR-10/100 (the DCFF / 1xN / White-Box / Jackpot ``cifar.py`` loaders): train ``RandomCrop(32, padding=pad)`` + flip, test
   unchanged. Options ``pad`` (4; LEC 8), ``pad_mode`` ('constant'; FFSD 'reflect'), ``flip``.
 
   ImageNet / CUB: train ``RandomResizedCrop(image_size, crop_scale)`` + flip, test

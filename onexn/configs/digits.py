@@ -1,12 +1,12 @@
-"""1xN fine-tuning of the narrow digits MobileNet-V2 (the quick experiment's setting, spec §2.10).
+"""1xN fine-tuning of the narrow digits MobileNet-V2 (``onexn/quick.py``'s setting).
 
   python -m onexn.train --config=onexn/configs/digits_dense.py --workdir=runs/mbv2_digits
   python -m onexn.train --config=onexn/configs/digits.py:n=4,p=0.75,rearrange=1 \
       --workdir=runs/onexn_digits_1x4 --config.init_checkpoint=runs/mbv2_digits
 
 Argument keys as ``onexn/configs/imagenet.py`` (pattern, n, p, rearrange, straddle), without the
-model. Fine-tuning as the spec's tiny experiment: 2 epochs (5 in the spec; fewer keep the quick
-experiment within minutes), SGD 0.01 momentum 0.9, per-epoch cosine, wd 4e-5, batch 64, masks
+model. Fine-tuning: 2 epochs (short, to keep the quick experiment within minutes; the official
+recipe is 180 ImageNet epochs), SGD 0.01 momentum 0.9, per-epoch cosine, wd 4e-5, batch 64, masks
 computed once from the dense model, classifier dense.
 
 Expected (quick experiment, 3 seeds): at p = 0.75 1x4 > filter pruning both right after pruning

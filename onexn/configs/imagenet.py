@@ -1,7 +1,5 @@
-"""1xN fine-tuning on ImageNet, the official setting (spec §2.5); every published cell is one call.
-
-Either a per-cell file (``onexn/configs/<model>_<pattern>_p50.py``, each a one-liner over
-:func:`make` whose docstring holds the expected number), or this file with an argument string:
+"""1xN fine-tuning on ImageNet, the official setting; every published cell is one argument string
+(the cells, their strings and expected top-1 are tabled in ``onexn/README.md``):
 
   python -m onexn.train --config=onexn/configs/imagenet.py:mobilenet_v2,n=4,p=0.5,rearrange=1 \
       --workdir=runs/onexn_mbv2_1x4 --config.init_checkpoint=PRETRAINED

@@ -8,6 +8,8 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -392,8 +394,27 @@ def test_missing_dataset_message(tmp_path):
   assert (f'python -m common.data.prepare --dataset=cifar100 --data_dir={tmp_path} '
           '--source=/path/to/cifar-100-python.tar.gz') in msg
   assert '\n' not in msg
-  assert prepare.main(['--dataset=cifar100', f'--source={tmp_path / "nope.tar.gz"}',
-                       f'--data_dir={tmp_path}']) == 2
+  with pytest.raises(SystemExit) as e:
+    prepare.main(['--dataset=cifar100', f'--source={tmp_path / "nope.tar.gz"}',
+                  f'--data_dir={tmp_path}'])
+  assert e.value.code == 2
+
+
+@pytest.mark.parametrize('args,needles', [
+    (['--dataset=cifar11', '--source=x'], ['--dataset', "'cifar11'", 'cifar10']),
+    (['--dataset=cifar10'], ['--source']),
+    (['--dataset=cifar10', '--source=/nonexistent/cifar.tar.gz'], ['/nonexistent/cifar.tar.gz']),
+])
+def test_prepare_cli_bad_input_is_one_error_line(tmp_path, args, needles):
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  r = subprocess.run([sys.executable, '-m', 'common.data.prepare', *args,
+                      f'--data_dir={tmp_path}'], capture_output=True, text=True, timeout=120,
+                     cwd=root)
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr[-2000:]
+  for n in needles:
+    assert n in lines[0], lines[0]
 
 
 # --- tiny ImageNet / CUB: encoded JPEGs, per-image PIL transforms -------------------------------

@@ -1,6 +1,6 @@
-"""Tests of ``common.flops`` against published reference values (spec
-``pruning-dcff-1xn-whitebox-jackpot.md`` §0.1, ``pss-lecnet.md`` §1.4) and against FLOPs recomputed
-from the traced model's own parameter and activation shapes."""
+"""Tests of ``common.flops`` against published reference values (the DCFF / 1xN / White-Box /
+Jackpot READMEs, counted with ``thop.profile``; PSS-Net's analytic MACs of MobileNet-V1/V2) and
+against FLOPs recomputed from the traced model's own parameter and activation shapes."""
 import re
 import subprocess
 import sys
@@ -40,17 +40,18 @@ def test_thop_reference_values(name, kw, ref_flops, ref_params):
 
 
 def test_dcff_vgg16_compact():
-  # README cprate [0.5]*2+[0.4]*2+[0.35]*3+[0.85]*6 -> widths (int(C*(1-r)), spec §1.4).
+  # README cprate [0.5]*2+[0.4]*2+[0.35]*3+[0.85]*6 -> widths int(C*(1-r))
+  # (DCFF's width rule, in Python float64: the kept channels of every layer).
   rates = [0.5] * 2 + [0.4] * 2 + [0.35] * 3 + [0.85] * 6
   base = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
   widths = [int(c * (1 - r)) for c, r in zip(base, rates)]
   assert widths == [32, 32, 76, 76, 166, 166, 166] + [76] * 6
   f, p, _ = flops.count('vgg16', widths)
-  assert round(f / 1e6, 2) == 72.77 and round(p / 1e6, 3) == 1.071   # spec §0.1 (README 1.06M)
+  assert round(f / 1e6, 2) == 72.77 and round(p / 1e6, 3) == 1.071   # thop count (README prints 1.06M)
 
 
 def _dcff_resnet_widths(cprate, n):
-  """DCFF's ResNet-CIFAR layout (spec §1.4): 3n conv1 rates then 3 stage rates (stem = stage 1)."""
+  """DCFF's ResNet-CIFAR cprate layout: 3n conv1 rates then 3 stage rates (stem = stage 1)."""
   stages = [int(c * (1 - r)) for c, r in zip((16, 32, 64), cprate[3 * n:])]
   inner = [[int(c * (1 - r)) for r in cprate[s * n:(s + 1) * n]]
            for s, c in enumerate((16, 32, 64))]
@@ -68,7 +69,7 @@ def test_dcff_resnet_cifar_readme_2020():
           + [0.0, 0.1, 0.3, 0.3, 0.3, 0.1, 0.2, 0.5, 0.7, 0.2, 0.4, 0.7, 0.5, 0.7, 0.7, 0.7, 0.5,
              0.1] + [0.6, 0.2, 0.5])
   w110 = _dcff_resnet_widths(r110, 18)
-  assert w110['stages'] == [6, 25, 32]                     # spec §1.4
+  assert w110['stages'] == [6, 25, 32]                     # int(c * (1 - r)) of the 3 stage rates
   f, p, _ = flops.count('resnet56', _dcff_resnet_widths(r56, 9))
   assert (round(f / 1e6, 2), round(p / 1e6, 2)) == (57.54, 0.40)
   f, p, _ = flops.count('resnet110', w110)
@@ -76,7 +77,8 @@ def test_dcff_resnet_cifar_readme_2020():
 
 
 def _make_divisible(v, divisor=8, min_value=8):
-  """PSS-Net / slimmable rule (spec pss §1.3): nearest multiple, +divisor if >10% below."""
+  """slimmable_networks' ``make_divisible`` (PSS-Net's widths): nearest multiple, +divisor if >10%
+  below."""
   new = max(min_value, int(v + divisor / 2) // divisor * divisor)
   return new + divisor if new < 0.9 * v else new
 
@@ -200,6 +202,31 @@ def test_cli_subprocess():
   r = subprocess.run([sys.executable, '-m', 'common.flops', '--model=resnet20', '--dataset=digits'],
                      capture_output=True, text=True, check=True, timeout=120)
   assert r.stdout.strip().splitlines()[-1] == 'params=269722 flops=40927872'
-  bad = subprocess.run([sys.executable, '-m', 'common.flops', '--model=resnet21',
-                        '--dataset=cifar10'], capture_output=True, text=True, timeout=120)
-  assert bad.returncode != 0 and 'known models' in bad.stderr
+
+
+def one_error_line(*args):
+  """Runs the CLI on bad input: exit 2, no traceback, exactly one ``error:`` line, returned."""
+  r = subprocess.run([sys.executable, '-m', 'common.flops', *args], capture_output=True,
+                     text=True, timeout=120)
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr[-2000:]
+  assert r.stdout == ''
+  return lines[0]
+
+
+@pytest.mark.parametrize('args,needles', [
+    (['--model=resnet57', '--dataset=cifar10'], ["unknown model 'resnet57'", 'resnet56']),
+    (['--model=resnet56', '--dataset=cifar11'], ['--dataset', "'cifar11'", 'cifar10']),
+    (['--dataset=cifar10'], ['--model']),
+    (['--model=resnet56', '--dataset=cifar10', '--widths=[1,2'], ['--widths', 'JSON', '[1,2']),
+    (['--model=resnet56', '--dataset=cifar10', '--widths=[1,2]'], ['widths', "'stages'"]),
+    (['--model=resnet56', '--dataset=cifar10', '--kwargs=[1]'], ['--kwargs', 'JSON object']),
+    (['--model=resnet56', '--dataset=cifar10', '--kwargs={"foo": 1}'], ['foo', 'resnet56']),
+    (['--model=resnet56', '--dataset=cifar10', '--input_size=-3'], ['input_hw', '-3']),
+    (['--model=resnet56', '--dataset=cifar10', '--num_classes=x'], ['--num_classes', "'x'"]),
+])
+def test_cli_bad_input_is_one_error_line(args, needles):
+  line = one_error_line(*args)
+  for n in needles:
+    assert n in line, line

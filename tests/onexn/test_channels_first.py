@@ -1,4 +1,4 @@
-"""Channels-first forward of a 1xN export == the masked zoo model (issue #3; spec §2.7: atol 1e-4).
+"""Channels-first forward of a 1xN export == the masked zoo model (atol 1e-4).
 
 MobileNet-V2 ImageNet layout (no expansion in block 0, identity / no shortcuts, stride-2 stem),
 the CIFAR variant (identity, 1x1-conv and no shortcuts, stride-1 stem) and MobileNet-V1, at narrow
@@ -57,7 +57,7 @@ def net(request):
   out = {}
   for rearrange in (True, False):
     c = config(name, 0.5, rearrange)
-    masks = onexn.model_masks(params, c, specs=specs)
+    masks = onexn.model_masks(params, specs, c.model.name, **onexn.mask_options(c.method))
     masked = common_masks.apply_masks(params, masks)
     _, upd = train_apply({'params': masked, 'batch_stats': v['batch_stats']}, x)
     stats = jax.tree.map(lambda new, old: (new - 0.9 * old) / 0.1, upd['batch_stats'],

@@ -1,4 +1,4 @@
-"""Sparse export == masked dense model (spec §2.7, issue: atol 1e-4) through the xla_ext kernel.
+"""Sparse export == masked dense model (atol 1e-4) through the xla_ext kernel.
 
 MobileNet-V2 (rearranged expansions and last 1x1 absorbed physically) and ResNet-50 with the
 released code's fc pruning (the rearranged downsample convs and fc cannot be absorbed: their
@@ -14,7 +14,7 @@ import onexn
 import xla_ext
 from common import masks as common_masks
 from common import models
-from onexn import export, layer_policy
+from onexn import layer_policy
 
 R50_TINY = {'stem': 8, 'stages': [16, 16, 32, 32], 'conv1': [[8] * 3, [8] * 4, [8] * 6, [8] * 3],
             'conv2': [[8] * 3, [8] * 4, [8] * 6, [8] * 3]}
@@ -65,7 +65,7 @@ def net(request):
 def test_export_matches_masked_dense_model(net, n, p):
   name, model, specs, params, calibrated, x, ref, method = net
   c = config(name, CASES[name][0], CASES[name][1], n, p, **method)
-  masks = onexn.model_masks(params, c, specs=specs)
+  masks = onexn.model_masks(params, specs, c.model.name, **onexn.mask_options(c.method))
   stats = calibrated(masks)
   sm = onexn.export_sparse(params, stats, masks, c.model, n=n, specs=specs, model=model)
   y_ref = ref({'params': common_masks.apply_masks(params, masks), 'batch_stats': stats}, x)
@@ -102,7 +102,7 @@ def test_gather_fallback_equals_absorbed(net):
   """absorb=False packs every rearranged layer with perm (output gather): same function."""
   name, model, specs, params, calibrated, x, ref, method = net
   c = config(name, CASES[name][0], CASES[name][1], 4, 0.5, **method)
-  masks = onexn.model_masks(params, c, specs=specs)
+  masks = onexn.model_masks(params, specs, c.model.name, **onexn.mask_options(c.method))
   stats = calibrated(masks)
   a = onexn.export_sparse(params, stats, masks, c.model, n=4, specs=specs, model=model)
   g = onexn.export_sparse(params, stats, masks, c.model, n=4, specs=specs, model=model,
@@ -114,7 +114,7 @@ def test_gather_fallback_equals_absorbed(net):
 def test_unstructured_masks_stay_dense(net):
   name, model, specs, params, calibrated, x, ref, method = net
   c = config(name, CASES[name][0], CASES[name][1], 4, 0.5, **dict(method, pattern='weight'))
-  masks = onexn.model_masks(params, c, specs=specs)
+  masks = onexn.model_masks(params, specs, c.model.name, **onexn.mask_options(c.method))
   stats = calibrated(masks)
   sm = onexn.export_sparse(params, stats, masks, c.model, n=4, specs=specs, model=model)
   assert not sm.packed and all('not a 1x4 block mask' in r or r == 'nothing pruned'
@@ -124,7 +124,7 @@ def test_unstructured_masks_stay_dense(net):
 
 
 def test_end_to_end_latency_rows():
-  """The benchmark entry point (kernel engineer's bench.py calls it at 224x224): fields and
+  """The benchmark entry point (``onexn.bench`` calls it at 224x224): fields and
   exactness on a narrow model; timings are reported, not asserted (shared CPUs)."""
   rows = onexn.end_to_end_latency(
       (0.5, 0.9), n=4, widths=MBV2_TINY, input_hw=(32, 32), num_classes=10, repeats=2,

@@ -1,7 +1,8 @@
 """Per-model rules of the official code and rearrangement on the zoo's MobileNets / ResNet-50.
 
-Spec §2.2-2.4 (which layers are masked / rearranged, classifier rate 0, C_out % N errors) and §2.9
-property 4 (physical permutation preserves the network function) on ``common.models``.
+lmbxmu/1xN ``imagenet.py: main`` and ``models/*`` (which layers are masked / rearranged, classifier
+rate 0, C_out % N errors) and physical permutation preserving the network function, on
+``common.models``.
 """
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,11 @@ def cfg(name, widths=None, kwargs=None, **method):
   return c
 
 
+def masks_of(params, c, specs):
+  """``model_masks`` with the arguments an experiment config names (as ``onexn.train`` calls it)."""
+  return layer_policy.model_masks(params, specs, c.model.name, **layer_policy.mask_options(c.method))
+
+
 def fake_params(specs, seed=0):
   """Random params of the specs' shapes (no model.init: the paper-size models stay cheap)."""
   r = np.random.RandomState(seed)
@@ -57,7 +63,7 @@ def test_official_layer_counts_and_rules():
   mbv1 = models.layer_specs('mobilenet_v1', input_hw=(224, 224), num_classes=1000)
   mbv2 = models.layer_specs('mobilenet_v2', input_hw=(224, 224), num_classes=1000)
   r50 = models.layer_specs('resnet50', input_hw=(224, 224), num_classes=1000)
-  # spec §2.4: 14 / 35 / 53 masked modules (classifier included)
+  # the official builders: 14 / 35 / 53 masked modules (classifier included)
   assert len(layer_policy.masked_layers(mbv1)) == 14
   assert len(layer_policy.masked_layers(mbv2)) == 35
   assert len(layer_policy.masked_layers(r50)) == 53
@@ -83,15 +89,15 @@ def test_official_layer_counts_and_rules():
 def test_classifier_rate_and_resnet50_quirk():
   specs = models.layer_specs('resnet50', widths=R50_TINY, num_classes=8)
   params = fake_params(specs)
-  m = layer_policy.model_masks(params, cfg('resnet50', R50_TINY), specs=specs)
+  m = masks_of(params, cfg('resnet50', R50_TINY), specs)
   assert bool(np.all(m['fc']['kernel']))
   rep = common_masks.sparsity_report(m)
   for name, r in rep['layers'].items():
     if name != 'fc/kernel':
       num_blocks = r['total'] // 4   # one 1x4 block per 4 weights of a 1x1 conv ... k*k*4 of a 3x3
       assert r['sparsity'] == pytest.approx(0.5, abs=1.0 / max(num_blocks // 9, 1))
-  q = layer_policy.model_masks(params, cfg('resnet50', R50_TINY, prune_classifier=True),
-                               specs=specs)
+  q = layer_policy.model_masks(params, specs, 'resnet50', pattern='block', p=0.5, n=4,
+                               rearrange=True, prune_classifier=True)
   assert (~np.asarray(q['fc']['kernel'])).sum() == int(32 * 8 / 4 * 0.5) * 4
   assert set(common_masks.sparsity_report(m)['layers']) == {
       '/'.join(s.path) + '/kernel' for s in layer_policy.masked_layers(specs)}
@@ -105,8 +111,8 @@ def test_masks_per_pattern_exact_counts():
   specs = models.layer_specs('mobilenet_v2', widths=MBV2_24, strides=(1, 2, 1), num_classes=10)
   params = fake_params(specs)
   for pattern in ('block', 'weight', 'filter'):
-    m = layer_policy.model_masks(params, cfg('mobilenet_v2', MBV2_24, pattern=pattern,
-                                             rearrange=False, block_size_n=8), specs=specs)
+    m = masks_of(params, cfg('mobilenet_v2', MBV2_24, pattern=pattern,
+                                             rearrange=False, block_size_n=8), specs)
     for s in layer_policy.masked_layers(specs):
       mk = m
       for k in s.path:
@@ -125,14 +131,25 @@ def test_straddle_error_names_layer():
   params = fake_params(specs)
   c = lambda **kw: cfg('mobilenet_v2', MBV2_24, **kw)
   with pytest.raises(ValueError, match=r"block1/project_conv.*C_out=24.*N=16.*straddle_blocks"):
-    layer_policy.model_masks(params, c(block_size_n=16), specs=specs)
+    masks_of(params, c(block_size_n=16), specs)
   with pytest.raises(ValueError, match=r"block0/project_conv.*C_out=16.*N=32"):
-    layer_policy.model_masks(params, c(block_size_n=32), specs=specs)
-  m = layer_policy.model_masks(params, c(block_size_n=16, straddle_blocks=True), specs=specs)
+    masks_of(params, c(block_size_n=32), specs)
+  m = masks_of(params, c(block_size_n=16, straddle_blocks=True), specs)
   k = np.asarray(m['block1']['project_conv']['kernel'])   # 48 -> 24: groups straddle inputs
   assert (~k).sum() == int(48 * 24 // 16 * 0.5) * 16
-  with pytest.raises(ValueError, match='unknown method.pattern'):
-    layer_policy.model_masks(params, c(pattern='kernel'), specs=specs)
+  with pytest.raises(ValueError, match='unknown mask pattern'):
+    masks_of(params, c(pattern='kernel'), specs)
+  with pytest.raises(ValueError, match="random_block.*needs rng"):
+    layer_policy.model_masks(params, specs, 'mobilenet_v2', pattern='random_block')
+
+
+def test_mask_options_names_every_method_field():
+  c = cfg('mobilenet_v2', pattern='weight', block_size_n=8, sparsity=0.75, rearrange=False,
+          straddle_blocks=True, prune_classifier=True, random_with_replacement=False)
+  assert layer_policy.mask_options(c.method) == {
+      'pattern': 'weight', 'n': 8, 'p': 0.75, 'rearrange': False, 'straddle_blocks': True,
+      'prune_classifier': True, 'random_with_replacement': False}
+  assert layer_policy.mask_options({'sparsity': 0.5}) == {'p': 0.5}
 
 
 @pytest.fixture(scope='module', params=sorted(TINY))
@@ -157,7 +174,7 @@ def test_rearranged_layers_are_physically_permutable(tiny):
   """Property 4: every absorbable rearranged layer, permuted by its own π, same function."""
   name, widths, kw, specs, v, x, apply = tiny
   c = cfg(name, widths, kw, rearrange=True)
-  m = layer_policy.model_masks(v['params'], c, specs=specs)
+  m = masks_of(v['params'], c, specs)
   y_masked = apply({'params': common_masks.apply_masks(v['params'], m),
                     'batch_stats': v['batch_stats']}, x)
   params, stats, masks = v['params'], v['batch_stats'], m

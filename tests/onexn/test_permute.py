@@ -1,4 +1,5 @@
-"""Physical rearrangement is function-preserving (spec §2.9 property 4) on self-contained blocks.
+"""Physical rearrangement is function-preserving (same logits, eval mode) on self-contained
+blocks.
 
 The two networks below are written in the test (an inverted-residual MobileNet-V2 block and a
 ResNet-50 bottleneck with a downsample conv), with hand-written layer specs, so the permutation
@@ -9,7 +10,6 @@ from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,11 +1,11 @@
-"""1xN block masks against NumPy references of the official PyTorch code (spec §2.9 props 1-3, 5, 8, 9).
+"""1xN block masks against NumPy references of the official PyTorch code
+(block constancy, int(G*p) pruned, lowest L1 pruned, rearrangement, errors, sparsity).
 
 The references below are written from ``lmbxmu/1xN utils/conv_type.py``: they work on the PyTorch
 layout ``[C_out, C_in, k, k]`` and its ``permute(1, 0, 2, 3).view(-1, N*k*k)`` flattening, so they
-also check that the HWIO implementation groups the same weights (spec §2.8).
+also check that the HWIO implementation groups the same weights.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -188,7 +188,7 @@ def test_baselines():
   with_rep = np.asarray(onexn.random_block_mask(big, 4, 0.75, key))
   pruned_blocks = (~with_rep[0, 0]).reshape(64, 16, 4)[..., 0].sum()
   assert pruning.is_block_mask(with_rep, 4)
-  # sampling with replacement: distinct blocks ~ G (1 - exp(-k/G)) < k (spec §2.2)
+  # sampling with replacement: distinct blocks ~ G (1 - exp(-k/G)) < k (``torch.randint``)
   assert pruned_blocks < k
   assert abs(pruned_blocks - g * (1 - np.exp(-k / g))) < 0.05 * g
   exact = np.asarray(onexn.random_block_mask(big, 4, 0.75, key, with_replacement=False))

@@ -1,4 +1,4 @@
-"""onexn.sparse.sparse_matmul_cf: the channels-first 1xN layer with its fused epilogue (spec §2.3).
+"""onexn.ops.sparse_matmul_cf: the channels-first 1xN layer with its fused epilogue (paper Fig. 3).
 
 ``y[..., c, p] = act(sum_k W[k, c] x[..., k, p] + bias[c] + residual[..., c, p])``. References are
 NumPy float64 (the masked dense kernel in the original channel order; gradients in closed form),
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import xla_ext
-from onexn import sparse as S
+from onexn import block_sparse, ops
 from tests.onexn.test_sparse import block_mask  # one random 1xN mask builder for both files
 
 BACKENDS = ['xla'] + (['ffi'] if xla_ext.available() else [])
@@ -73,7 +73,7 @@ def make_layer(d):
   m = block_mask(rng, k, k, c_in, c_out, n, d['keep_prob'], perm)
   if k == 1 and rng.random() < 0.5:  # a dense [C_in, C_out] kernel
     w, m = w[0, 0], m[0, 0]
-  return rng, S.pack(w, m, n, perm), np.where(m, w, 0).reshape(-1, c_out)
+  return rng, block_sparse.pack(w, m, n, perm), np.where(m, w, 0).reshape(-1, c_out)
 
 
 @settings(max_examples=20, deadline=None)
@@ -91,7 +91,7 @@ def test_matches_numpy_reference_and_backends_agree(d, lead, p, with_bias, with_
   pre, ref = reference(x, w2, bias, res, activation)
   ys = {}
   for backend in BACKENDS:
-    y = S.sparse_matmul_cf(x, packed, bias=bias, residual=res, activation=activation,
+    y = ops.sparse_matmul_cf(x, packed, bias=bias, residual=res, activation=activation,
                            backend=backend)
     assert y.shape == lead + (c_out, p) and y.dtype == jnp.float32
     assert err(y, ref, pre) < 1e-5, backend
@@ -108,7 +108,7 @@ def layer():
   perm = rng.permutation(16)
   w = rng.standard_normal((12, 16)).astype(np.float32)
   m = block_mask(rng, 1, 1, 12, 16, 4, 0.5, perm)[0, 0]
-  packed = S.pack(w, m, 4, perm)
+  packed = block_sparse.pack(w, m, 4, perm)
   assert packed.perm is not None and not np.array_equal(perm, np.arange(16))
   return w, m, packed
 
@@ -117,7 +117,7 @@ def test_perm_pack_is_in_rearranged_order(layer):
   """The mask is 1xN only in the permuted order, so perm must actually be honoured."""
   w, m, packed = layer
   with pytest.raises(ValueError, match='not a 1xN block mask'):
-    S.pack(w, m, 4)  # the identity order mixes kept and pruned weights in some block
+    block_sparse.pack(w, m, 4)  # the identity order mixes kept and pruned weights in some block
   rp, ci = np.asarray(packed.row_ptr), np.asarray(packed.col_idx)
   for g in range(4):  # block g = original channels perm[4g:4g+4], kept rows col_idx of block g
     cols = np.asarray(packed.perm)[4 * g:4 * g + 4]
@@ -135,7 +135,7 @@ def test_vmap_over_inputs_residual_and_bias(layer, backend):
   bv = rng.standard_normal((3, 16)).astype(np.float32)
 
   def f(x, r, b):
-    return S.sparse_matmul_cf(x, packed, bias=b, residual=r, activation='relu', backend=backend)
+    return ops.sparse_matmul_cf(x, packed, bias=b, residual=r, activation='relu', backend=backend)
 
   def check(y, x, r, b):
     pre, ref = reference(x, w2, b, r, 'relu')
@@ -172,7 +172,7 @@ def test_vmap_over_inputs_residual_and_bias(layer, backend):
 def test_shared_weight_vmap_is_one_kernel_call(layer):
   """The batching rule folds a vmapped x / residual into the images of a single kernel call."""
   _, _, packed = layer
-  f = lambda x, r: S.sparse_matmul_cf(x, packed, residual=r, backend='ffi')
+  f = lambda x, r: ops.sparse_matmul_cf(x, packed, residual=r, backend='ffi')
   hlo = jax.jit(jax.vmap(f)).lower(jnp.ones((3, 2, 12, 5)), jnp.ones((3, 2, 16, 5))).as_text()
   assert hlo.count(xla_ext.TARGET_NAME_CF) == 1 and 'while' not in hlo
 
@@ -186,14 +186,14 @@ def test_vmap_over_packed_weights_with_different_perms(backend):
   for v, perm in enumerate(perms):
     w = rng.standard_normal((3, 3, 2, 8)).astype(np.float32)
     m = block_mask(np.random.default_rng(99), 3, 3, 2, 8, 4, 0.5, perm)  # same blocks kept
-    packs.append(S.pack(w, m, 4, perm))
+    packs.append(block_sparse.pack(w, m, 4, perm))
     dense.append(np.where(m, w, 0).reshape(18, 8))
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *packs)
   assert stacked.perm.shape == (3, 8) and stacked.n == 4
   x = rng.standard_normal((3, 18, 10)).astype(np.float32)
   res = rng.standard_normal((3, 8, 10)).astype(np.float32)
   bias = rng.standard_normal(8).astype(np.float32)
-  f = lambda x, p, r: S.sparse_matmul_cf(x, p, bias=bias, residual=r, activation='relu6',
+  f = lambda x, p, r: ops.sparse_matmul_cf(x, p, bias=bias, residual=r, activation='relu6',
                                          backend=backend)
   y = jax.jit(jax.vmap(f))(x, stacked, res)
   for v in range(3):
@@ -229,8 +229,8 @@ def test_gradients_match_closed_form(layer, backend, activation):
   gb_ref, gr_ref = g.sum((0, 2)), g
 
   def loss(x, bias, res, values):
-    p = S.PackedBlockSparse(packed.row_ptr, packed.col_idx, values, packed.perm, 4, (12, 16))
-    y = S.sparse_matmul_cf(x, p, bias=bias, residual=res, activation=activation,
+    p = block_sparse.PackedBlockSparse(packed.row_ptr, packed.col_idx, values, packed.perm, 4, (12, 16))
+    y = ops.sparse_matmul_cf(x, p, bias=bias, residual=res, activation=activation,
                            backend=backend)
     return jnp.sum(y * t)
 
@@ -239,11 +239,11 @@ def test_gradients_match_closed_form(layer, backend, activation):
   assert np.abs(np.asarray(gr) - gr_ref).max() <= 1e-6 * scale
   assert np.abs(np.asarray(gb) - gb_ref).max() <= 1e-5 * np.abs(gb_ref).max()
   assert np.abs(np.asarray(gx) - gx_ref).max() <= 1e-5 * np.abs(gx_ref).max()
-  gw, _ = S.unpack(S.PackedBlockSparse(packed.row_ptr, packed.col_idx, gv, packed.perm, 4,
+  gw, _ = block_sparse.unpack(block_sparse.PackedBlockSparse(packed.row_ptr, packed.col_idx, gv, packed.perm, 4,
                                        (12, 16)))
   assert np.abs(np.asarray(gw) - gw_ref).max() <= 1e-5 * np.abs(gw_ref).max()
   # Per-example gradients: vmap of grad (the backward under the batching rule).
-  gxs = jax.vmap(jax.grad(lambda xi, ri, ti: jnp.sum(S.sparse_matmul_cf(
+  gxs = jax.vmap(jax.grad(lambda xi, ri, ti: jnp.sum(ops.sparse_matmul_cf(
       xi, packed, bias=bias, residual=ri, activation=activation, backend=backend) * ti)))(
           x, res, t)
   assert np.abs(np.asarray(gxs) - gx_ref).max() <= 1e-5 * np.abs(gx_ref).max()
@@ -253,7 +253,7 @@ def test_gradients_match_closed_form(layer, backend, activation):
 def test_auto_runs_the_kernel_for_float32_only(layer):
   w, m, packed = layer
   x32 = jnp.ones((2, 12, 5), jnp.float32)
-  lower = lambda x, **kw: jax.jit(lambda x: S.sparse_matmul_cf(x, packed, **kw)).lower(x).as_text()
+  lower = lambda x, **kw: jax.jit(lambda x: ops.sparse_matmul_cf(x, packed, **kw)).lower(x).as_text()
   assert xla_ext.TARGET_NAME_CF in lower(x32)
   assert xla_ext.TARGET_NAME_CF not in lower(x32, backend='xla')
   assert xla_ext.TARGET_NAME_CF not in lower(x32.astype(jnp.float16))
@@ -265,16 +265,16 @@ def test_auto_runs_the_kernel_for_float32_only(layer):
     res = jnp.asarray(rng.standard_normal((2, 16, 7)), dt)
     pre, ref = reference(np.asarray(x, np.float32), np.where(m, w, 0), None,
                          np.asarray(res, np.float32), 'relu')
-    y = S.sparse_matmul_cf(x, packed, residual=res, activation='relu')
+    y = ops.sparse_matmul_cf(x, packed, residual=res, activation='relu')
     assert y.dtype == jnp.float32 and err(y, ref, pre) < 1e-5
   # float16 weights with float32 x: still the kernel (values are read as float32).
   w16 = w.astype(np.float16)
-  p16 = S.pack(w16, m, 4, np.asarray(packed.perm))
+  p16 = block_sparse.pack(w16, m, 4, np.asarray(packed.perm))
   x = rng.standard_normal((2, 12, 7)).astype(np.float32)
   pre, ref = reference(x, np.where(m, w16.astype(np.float32), 0))
-  y = S.sparse_matmul_cf(x, p16, backend='ffi')
+  y = ops.sparse_matmul_cf(x, p16, backend='ffi')
   assert y.dtype == jnp.float32 and err(y, ref, pre) < 1e-5
-  np.testing.assert_array_equal(np.asarray(y), np.asarray(S.sparse_matmul_cf(x, p16)))
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(ops.sparse_matmul_cf(x, p16)))
 
 
 @needs_ffi
@@ -283,11 +283,11 @@ def test_jit_and_thread_count_independence():
   rng = np.random.default_rng(12)
   w = rng.standard_normal((64, 64)).astype(np.float32)
   m = block_mask(rng, 1, 1, 64, 64, 8, 0.5)[0, 0]
-  packed = S.pack(w, m, 8)
+  packed = block_sparse.pack(w, m, 8)
   x = rng.standard_normal((2, 64, 196)).astype(np.float32)
   bias = rng.standard_normal(64).astype(np.float32)
   res = rng.standard_normal((2, 64, 196)).astype(np.float32)
-  f = jax.jit(lambda x, p, b, r, threads: S.sparse_matmul_cf(
+  f = jax.jit(lambda x, p, b, r, threads: ops.sparse_matmul_cf(
       x, p, bias=b, residual=r, activation='relu6', backend='ffi', num_threads=threads),
               static_argnums=4)
   y1, y0 = np.asarray(f(x, packed, bias, res, 1)), np.asarray(f(x, packed, bias, res, 0))
@@ -305,19 +305,19 @@ def test_jit_and_thread_count_independence():
 def test_no_images_and_no_pixels(layer, backend):
   """Empty leading dims and P = 0 give empty outputs (the C++ kernel handles both)."""
   _, _, packed = layer
-  y = S.sparse_matmul_cf(np.zeros((0, 12, 3), np.float32), packed, backend=backend)
+  y = ops.sparse_matmul_cf(np.zeros((0, 12, 3), np.float32), packed, backend=backend)
   assert y.shape == (0, 16, 3)
   # P = 0 (an empty image): currently a ZeroDivisionError from x.reshape((-1, K, 0)).
-  y = S.sparse_matmul_cf(np.zeros((2, 12, 0), np.float32), packed, bias=np.ones(16, np.float32),
+  y = ops.sparse_matmul_cf(np.zeros((2, 12, 0), np.float32), packed, bias=np.ones(16, np.float32),
                          residual=np.zeros((2, 16, 0), np.float32), backend=backend)
   assert y.shape == (2, 16, 0)
-  assert S.sparse_matmul_cf(np.zeros((12, 0), np.float32), packed, backend=backend).shape == (16, 0)
+  assert ops.sparse_matmul_cf(np.zeros((12, 0), np.float32), packed, backend=backend).shape == (16, 0)
 
 
 def test_bad_input_errors_name_the_bad_value(layer):
   _, _, packed = layer
   x = np.ones((2, 12, 5), np.float32)
-  f = S.sparse_matmul_cf
+  f = ops.sparse_matmul_cf
   with pytest.raises(ValueError, match=r"activation must be one of .*'relu6'.*got 'gelu'"):
     f(x, packed, activation='gelu')
   with pytest.raises(ValueError, match=r'bias must have shape \(16,\); got \(15,\)'):

@@ -1,5 +1,5 @@
 """onexn.train hooks: masks fixed during fine-tuning, masked weights inert, frozen biases
-(spec §2.2 steps 4-5, §2.9 property 7), and pretrained-weight loading."""
+(lmbxmu/1xN ``imagenet.py``: ``bias.requires_grad = False``, forward on ``W * mask``), and pretrained-weight loading."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,5 @@
-"""The C++ 1xN block-sparse matmul (xla_ext) against a NumPy reference (spec §2.3, §2.9 prop. 6).
+"""The C++ 1xN block-sparse matmul (xla_ext) against a NumPy reference (paper Fig. 3
+decode; the kernel equals the dense masked product).
 
 The BSR arrays are built here with plain NumPy from a random block mask, independently of
 ``onexn.pack``; the reference is the float64 dense product with the masked weight.

@@ -1,6 +1,6 @@
 """The channels-first C++ 1xN kernel with its fused epilogue (xla_ext.block_sparse_matmul_cf).
 
-Spec §2.3 (BSR-by-output-block decode) and §2.9 property 6 (kernel == dense masked matmul), with
+The BSR-by-output-block decode of the paper's Fig. 3 (kernel == dense masked matmul), with
 the epilogue ``act(W^T x + bias + residual)``. The BSR arrays are built here with plain NumPy from
 a random block mask, independently of ``onexn.pack``; the reference is the float64 einsum of the
 masked dense weight, plus bias and residual, then the activation, all in NumPy.

@@ -1,8 +1,8 @@
 // 3x3 depthwise convolution (padding 1, stride 1 or 2) with a fused bias + ReLU/ReLU6 epilogue,
-// on the channels-first "padded-width" layout of onexn.channels_first (bsmm.h, BsmmDwProblem).
+// on the channels-first "padded-width" layout of onexn.channels_first (depthwise3x3.h, Depthwise3x3Problem).
 // Included by each ISA unit after bsmm_impl.h (same Isa interface).
 //
-// Why a kernel (issue #3, MobileNet-V2 end to end): the 1xN kernels shrink the 1x1 convs, and
+// Why a kernel (MobileNet-V2 end to end, `onexn.end_to_end_latency`): the 1xN kernels shrink the 1x1 convs, and
 // what is left of the sparse network is mostly its 17 depthwise convs. As XLA fusions over this
 // layout they cost ~1.7 of ~2.4 ms (a pass that zeroes the junk columns and pads, then a
 // 9-tap fusion); they are memory-bound, ~0.3 ms of traffic. Here each plane is copied once into an
@@ -16,14 +16,14 @@ namespace {
 // data, stay zero: they are the conv's zero padding). Stride 1: scratch column j = input column
 // j - 1. Stride 2: the same columns split by parity, even ones at [0, rs/2), odd ones at
 // [rs/2, rs), so that output column o reads even[o], odd[o], even[o + 1].
-inline int64_t DwRowFloats(int64_t w, int64_t stride) {
+inline int64_t DepthwiseRowFloats(int64_t w, int64_t stride) {
   constexpr int64_t L = Isa::kLanes;
   if (stride == 1) return ((w + 2 + L - 1) / L + 1) * L;
   const int64_t half = ((w + 2) / 2 + 1 + L - 1) / L * L + L;
   return 2 * half;
 }
 
-inline void DwFillPlane(const float* __restrict x, int64_t h, int64_t w, int64_t stride, int64_t rs,
+inline void DepthwiseFillPlane(const float* __restrict x, int64_t h, int64_t w, int64_t stride, int64_t rs,
                         float* __restrict scratch) {
   const int64_t xs = w + 2;  // padded-width row stride of x
   if (stride == 1) {
@@ -56,15 +56,15 @@ inline void DwFillPlane(const float* __restrict x, int64_t h, int64_t w, int64_t
 }
 
 template <bool kStride2>
-inline void DwPlane(const xla_ext::BsmmDwProblem& pr, int64_t plane, float* scratch) {
+inline void DepthwisePlane(const xla_ext::Depthwise3x3Problem& pr, int64_t plane, float* scratch) {
   using Vec = typename Isa::Vec;
   constexpr int L = Isa::kLanes;
   const int64_t h = pr.h, w = pr.w, stride = kStride2 ? 2 : 1;
-  const int64_t ho = pr.ho, wo = pr.wo, rs = DwRowFloats(w, stride);
+  const int64_t ho = pr.ho, wo = pr.wo, rs = DepthwiseRowFloats(w, stride);
   const int64_t c = plane % pr.channels;
   const float* x = pr.x + plane * h * (w + 2);
   float* y = pr.y + plane * ho * (wo + 2);
-  DwFillPlane(x, h, w, stride, rs, scratch);
+  DepthwiseFillPlane(x, h, w, stride, rs, scratch);
   Vec k[9];
   for (int t = 0; t < 9; ++t) k[t] = Isa::Bcast(pr.kernel + c * 9 + t);
   const Vec bias = Isa::Bcast(pr.bias + c);
@@ -128,23 +128,23 @@ inline void DwPlane(const xla_ext::BsmmDwProblem& pr, int64_t plane, float* scra
   }
 }
 
-// Planes [plane_begin, plane_end) of the B * C planes. `workspace`: DwWorkspaceFloats floats.
-void RunDw(const xla_ext::BsmmDwProblem& pr, int64_t plane_begin, int64_t plane_end,
+// Planes [plane_begin, plane_end) of the B * C planes. `workspace`: Depthwise3x3WorkspaceFloats floats.
+void RunDepthwise3x3(const xla_ext::Depthwise3x3Problem& pr, int64_t plane_begin, int64_t plane_end,
            int64_t /*group_begin*/, int64_t /*group_end*/, float* workspace) {
-  const int64_t rs = DwRowFloats(pr.w, pr.stride);
+  const int64_t rs = DepthwiseRowFloats(pr.w, pr.stride);
   const int64_t floats = (pr.h + 3) * rs;
   // Zero once per work item: the padding rows/columns are never written afterwards.
   for (int64_t i = 0; i < floats; ++i) workspace[i] = 0.0f;
   for (int64_t plane = plane_begin; plane < plane_end; ++plane) {
     if (pr.stride == 2)
-      DwPlane<true>(pr, plane, workspace);
+      DepthwisePlane<true>(pr, plane, workspace);
     else
-      DwPlane<false>(pr, plane, workspace);
+      DepthwisePlane<false>(pr, plane, workspace);
   }
 }
 
-int64_t DwWorkspace(int64_t h, int64_t w, int64_t stride) {
-  return (h + 3) * DwRowFloats(w, stride);
+int64_t Depthwise3x3WorkspaceFloats(int64_t h, int64_t w, int64_t stride) {
+  return (h + 3) * DepthwiseRowFloats(w, stride);
 }
 
 }  // namespace

@@ -1,27 +1,11 @@
-"""1xN block-sparse layers for inference: the packed format, pack/unpack, sparse matmul and conv.
+"""1xN block-sparse products: :func:`sparse_matmul` (NHWC rows) and :func:`sparse_matmul_cf`
+(channels-first, with a fused bias / residual / ReLU(6) epilogue), on the packed format of
+``onexn.block_sparse``.
 
-Paper: Lin et al., "1xN Pattern for Pruning Convolutional Neural Networks", TPAMI 2022, Fig. 3
-(the encoding); spec ``shared/papers/pruning-dcff-1xn-whitebox-jackpot.md`` §2.3 (format), §2.8
-(layout pitfalls), §2.9 property 6 (round trip, kernel == dense masked matmul).
+The decode of the paper's Fig. 3 (Lin et al., TPAMI 2022):
+``Y[m, b*N:(b+1)*N] = sum_{t in block b} X[m, col_idx[t]] * values[t, :]``.
 
-A conv with an HWIO kernel ``[kh, kw, C_in, C_out]`` is the GEMM ``Y[P, C_out] = X[P, K] W[K, C_out]``
-with ``K = kh*kw*C_in`` (im2col; for a 1x1 conv X is the NHWC activation itself, P = B*H*W pixels).
-The im2col row of (dy, dx, input channel c) is ``r = (dy*kw + dx)*C_in + c``: the row-major
-flattening of the HWIO kernel's first three axes. A 1xN mask keeps or prunes, per input channel c
-and output block b (channels ``b*N .. b*N+N-1``), all ``kh*kw*N`` weights together, so W is made of
-dense 1xN row segments and packs into BSR-by-output-block (:class:`PackedBlockSparse`):
-
-  row_ptr [C_out/N + 1]   the kept segments of output block b are ``row_ptr[b] .. row_ptr[b+1]-1``
-  col_idx [nnzb]          the im2col row r of each segment (ascending within a block)
-  values  [nnzb, N]       its N contiguous weights ``W[r, b*N : (b+1)*N]``
-  perm    [C_out] | None  filter rearrangement: block b covers original output channels
-                          ``perm[b*N : (b+1)*N]``, i.e. the packed layer is ``kernel[..., perm]``
-
-``Y[p, b*N + j] = sum_{t in block b} X[p, col_idx[t]] * values[t, j]``: one broadcast input times an
-N-vector of weights per kept segment, which the ``xla_ext`` CPU kernel vectorises over pixels.
-Storage: ``(1-s) K C_out`` values + ``(1-s) K C_out / N`` int32 indices + ``C_out/N + 1`` pointers.
-
-Execution backends of :func:`sparse_matmul` / :func:`sparse_conv`:
+Execution backends:
   'ffi'  the C++ XLA FFI CPU kernel (``xla_ext``), float32/bfloat16;
   'xla'  pure JAX: the packed weights scattered back into a dense ``[K, C_out]`` matrix and one
          ``jnp.dot`` at HIGHEST precision. Same numbers up to summation order; on GPU/TPU a dense
@@ -33,10 +17,9 @@ batch folds into the kernel's rows; batched weights: one kernel call per element
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
-from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -45,264 +28,9 @@ from jax import custom_batching
 from jax import lax
 
 import xla_ext
+from onexn.block_sparse import PackedBlockSparse, check_packed, dense_matrix, segment_columns
 
 BACKENDS = ('auto', 'ffi', 'xla')
-Padding = Union[str, int, Sequence[Tuple[int, int]]]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class PackedBlockSparse:
-  """A 1xN block-sparse layer in BSR-by-output-block form (module docstring; spec §2.3).
-
-  A pytree: the arrays are leaves (so a packed layer can be passed through ``jit``/``vmap`` or
-  stored in a params tree), ``n`` and ``kernel_shape`` are static metadata.
-
-  Attributes:
-    row_ptr: int32 ``[C_out/N + 1]``.
-    col_idx: int32 ``[nnzb]``, im2col rows ``(dy*kw + dx)*C_in + c``, ascending within a block.
-    values: ``[nnzb, N]``, the kernel's dtype.
-    perm: int32 ``[C_out]`` or None; block b holds original output channels ``perm[b*N:(b+1)*N]``.
-    n: block size N.
-    kernel_shape: shape of the original kernel, ``(kh, kw, C_in, C_out)`` or ``(C_in, C_out)``.
-  """
-  row_ptr: jax.Array
-  col_idx: jax.Array
-  values: jax.Array
-  perm: Optional[jax.Array]
-  n: int
-  kernel_shape: Tuple[int, ...]
-
-  @property
-  def in_channels(self) -> int:
-    return self.kernel_shape[-2]
-
-  @property
-  def out_channels(self) -> int:
-    return self.kernel_shape[-1]
-
-  @property
-  def kernel_size(self) -> Tuple[int, int]:
-    return tuple(self.kernel_shape[:2]) if len(self.kernel_shape) == 4 else (1, 1)
-
-  @property
-  def k(self) -> int:
-    """Rows of the GEMM weight: ``kh * kw * C_in``."""
-    return int(np.prod(self.kernel_shape[:-1]))
-
-  @property
-  def num_blocks(self) -> int:
-    """Output blocks ``C_out / N``."""
-    return self.out_channels // self.n
-
-  @property
-  def nnzb(self) -> int:
-    """Kept 1xN segments (im2col rows x output blocks)."""
-    return self.col_idx.shape[0]
-
-  @property
-  def density(self) -> float:
-    """Kept fraction of the weights."""
-    total = self.k * self.out_channels
-    return self.nnzb * self.n / total if total else 1.0
-
-  @property
-  def nbytes(self) -> int:
-    """Storage of the packed arrays in bytes."""
-    leaves = (self.row_ptr, self.col_idx, self.values) + (() if self.perm is None else (self.perm,))
-    return int(sum(np.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in leaves))
-
-
-jax.tree_util.register_dataclass(PackedBlockSparse,
-                                 data_fields=['row_ptr', 'col_idx', 'values', 'perm'],
-                                 meta_fields=['n', 'kernel_shape'])
-
-
-# --------------------------------------------------------------------------------------------------
-# Validation helpers (host side, before any kernel runs)
-
-
-def _where(layer) -> str:
-  if layer is None or layer == '' or layer == ():
-    return 'kernel'
-  if isinstance(layer, (tuple, list)):
-    layer = '/'.join(str(p) for p in layer)
-  return f'layer {layer!r}'
-
-
-def _check_n(n, c_out: int, layer) -> int:
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-    raise ValueError(f'{_where(layer)}: block size N must be a positive integer (1, 2, 4, 8, 16 '
-                     f'and 32 are the paper\'s); got {n!r}')
-  n = int(n)
-  if c_out % n:
-    divisors = [d for d in (1, 2, 4, 8, 16, 32, 64) if c_out % d == 0]
-    raise ValueError(f'{_where(layer)}: C_out={c_out} is not divisible by the block size N={n}, '
-                     f'so 1xN blocks would straddle two input channels; allowed N for this layer: '
-                     f'{divisors} (any divisor of {c_out})')
-  return n
-
-
-def _host_array(a, what: str, layer) -> np.ndarray:
-  if isinstance(a, jax.core.Tracer):
-    raise TypeError(f'{_where(layer)}: pack() builds the sparse structure on the host (its size '
-                    f'depends on the mask values), so {what} must be concrete; call it outside '
-                    f'jit/vmap')
-  return np.asarray(a)
-
-
-def _check_perm(perm, c_out: int, layer) -> Optional[np.ndarray]:
-  if perm is None:
-    return None
-  p = _host_array(perm, 'perm', layer)
-  if p.shape != (c_out,) or not np.issubdtype(p.dtype, np.integer):
-    raise ValueError(f'{_where(layer)}: perm must be an integer array of shape ({c_out},) (a '
-                     f'permutation of the output channels); got {p.dtype} {p.shape}')
-  if not np.array_equal(np.sort(p), np.arange(c_out)):
-    raise ValueError(f'{_where(layer)}: perm is not a permutation of range({c_out})')
-  return p.astype(np.int32)
-
-
-def block_keep(mask, n: int, perm=None, *, layer=None) -> np.ndarray:
-  """Per-block keep flags of a 1xN mask, after checking that it is one (spec §2.9 property 1/3).
-
-  A mask is 1xN-valid when, in channel order ``perm`` (identity if None), every group of N
-  consecutive output channels has, for each input channel, one value on all its ``kh*kw*N``
-  entries.
-
-  Args:
-    mask: ``[kh, kw, C_in, C_out]`` or ``[C_in, C_out]``, bool or numeric (nonzero = kept).
-    n: block size N (must divide C_out).
-    perm: optional int ``[C_out]``: the mask is checked on ``mask[..., perm]``.
-    layer: name for error messages.
-  Returns:
-    bool numpy ``[C_in, C_out // N]``: whether block (input c, output block b) is kept.
-  Raises:
-    ValueError: bad N / perm, or the first block that mixes kept and pruned entries.
-  """
-  m = _host_array(mask, 'mask', layer) != 0
-  if m.ndim == 2:
-    m = m[None, None]
-  if m.ndim != 4:
-    raise ValueError(f'{_where(layer)}: mask must be [kh, kw, C_in, C_out] or [C_in, C_out]; got '
-                     f'shape {np.shape(mask)}')
-  c_out = m.shape[-1]
-  n = _check_n(n, c_out, layer)
-  p = _check_perm(perm, c_out, layer)
-  if p is not None:
-    m = m[..., p]
-  kh, kw, c_in, _ = m.shape
-  blocks = np.moveaxis(m.reshape(kh, kw, c_in, c_out // n, n), (0, 1), (3, 4))  # [C_in, G, N, kh, kw]
-  blocks = blocks.reshape(c_in, c_out // n, -1)
-  keep = blocks.any(-1)
-  mixed = keep & ~blocks.all(-1)
-  if mixed.any():
-    c, b = (int(i[0]) for i in np.nonzero(mixed))
-    chans = (f'channels {b * n}..{b * n + n - 1}' if p is None else
-             f'channels perm[{b * n}:{b * n + n}] = {p[b * n:b * n + n].tolist()}')
-    raise ValueError(f'{_where(layer)}: the mask is not a 1xN block mask for N={n}: input channel '
-                     f'{c} x output block {b} ({chans}) mixes kept and pruned weights; within '
-                     f'each block all kh*kw*N entries must share one value')
-  return keep
-
-
-# --------------------------------------------------------------------------------------------------
-# pack / unpack
-
-
-def pack(kernel, mask, n: int, perm=None, *, layer=None) -> PackedBlockSparse:
-  """Packs a 1xN-masked kernel into BSR-by-output-block form (spec §2.3; paper Fig. 3).
-
-  Runs on the host (numpy): the number of kept segments depends on the mask values.
-
-  Args:
-    kernel: HWIO ``[kh, kw, C_in, C_out]`` (kxk convs through im2col) or dense ``[C_in, C_out]``;
-      float dtype (kept as the values' dtype).
-    mask: same shape, bool or numeric (nonzero = kept), a valid 1xN mask in channel order
-      ``perm`` (see :func:`block_keep`); None keeps every block.
-    n: block size N, a positive divisor of C_out.
-    perm: optional int ``[C_out]``, the filter rearrangement π of the 1xN code: block b holds
-      original output channels ``perm[b*N:(b+1)*N]``; outputs are returned in the original order.
-    layer: name used in error messages (e.g. the param path).
-  Returns:
-    :class:`PackedBlockSparse`. Kept weights that happen to be 0 are stored (the mask decides).
-  Raises:
-    ValueError / TypeError: bad shapes, dtype, N, perm or mask (naming the layer).
-  """
-  w = _host_array(kernel, 'kernel', layer)
-  if w.ndim not in (2, 4):
-    raise ValueError(f'{_where(layer)}: expected an HWIO conv kernel [kh, kw, C_in, C_out] or a '
-                     f'dense kernel [C_in, C_out]; got shape {w.shape}')
-  if not jnp.issubdtype(w.dtype, jnp.floating):
-    raise TypeError(f'{_where(layer)}: kernel must be floating point; got {w.dtype}')
-  if mask is None:
-    mask = np.ones(w.shape, bool)
-  if np.shape(mask) != w.shape:
-    raise ValueError(f'{_where(layer)}: mask shape {np.shape(mask)} != kernel shape {w.shape}')
-  keep = block_keep(mask, n, perm, layer=layer)  # validates n, perm and the mask
-  n = int(n)
-  c_out = w.shape[-1]
-  p = _check_perm(perm, c_out, layer)
-  w2 = w.reshape(-1, c_out)  # im2col rows (dy, dx, c) in HWIO row-major order
-  if p is not None:
-    w2 = w2[:, p]
-  k = w2.shape[0]
-  groups = c_out // n
-  taps = k // keep.shape[0]
-  keep_rows = np.tile(keep, (taps, 1))  # [K, G]: row (dy*kw + dx)*C_in + c shares block (c, b)
-  blk, rows = np.nonzero(keep_rows.T)  # sorted by block, then by im2col row
-  counts = np.bincount(blk, minlength=groups)
-  row_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-  values = w2.reshape(k, groups, n)[rows, blk]
-  if k * c_out >= 2**31:
-    raise ValueError(f'{_where(layer)}: K*C_out = {k * c_out} does not fit the int32 indices')
-  return PackedBlockSparse(
-      row_ptr=jnp.asarray(row_ptr), col_idx=jnp.asarray(rows.astype(np.int32)),
-      values=jnp.asarray(np.ascontiguousarray(values)),
-      perm=None if p is None else jnp.asarray(p), n=n, kernel_shape=tuple(int(d) for d in w.shape))
-
-
-def _segment_columns(packed: PackedBlockSparse) -> jax.Array:
-  """Original output channel of every stored value: int32 ``[nnzb, N]``."""
-  block = jnp.repeat(jnp.arange(packed.num_blocks, dtype=jnp.int32), jnp.diff(packed.row_ptr),
-                     total_repeat_length=packed.nnzb)
-  cols = block[:, None] * packed.n + jnp.arange(packed.n, dtype=jnp.int32)[None, :]
-  return cols if packed.perm is None else packed.perm[cols]
-
-
-def _dense_matrix(packed: PackedBlockSparse) -> jax.Array:
-  """The GEMM weight ``[K, C_out]`` (original channel order), zeros at pruned blocks."""
-  rows = jnp.broadcast_to(packed.col_idx[:, None], (packed.nnzb, packed.n))
-  w = jnp.zeros((packed.k, packed.out_channels), packed.values.dtype)
-  return w.at[rows, _segment_columns(packed)].set(packed.values, unique_indices=True)
-
-
-def unpack(packed: PackedBlockSparse) -> Tuple[jax.Array, jax.Array]:
-  """Inverse of :func:`pack` (spec §2.9 property 6): exact, jit-able.
-
-  Args:
-    packed: a :class:`PackedBlockSparse`.
-  Returns:
-    (kernel, mask) of ``packed.kernel_shape`` in the original channel order: the kept weights
-    bit-for-bit, +0 at pruned weights; mask bool, True where kept. So
-    ``unpack(pack(w, m, n, perm)) == (where(m, w, 0), m != 0)``.
-  """
-  _check_packed(packed)
-  return _unpack(packed)
-
-
-@jax.jit
-def _unpack(packed: PackedBlockSparse) -> Tuple[jax.Array, jax.Array]:
-  rows = jnp.broadcast_to(packed.col_idx[:, None], (packed.nnzb, packed.n))
-  cols = _segment_columns(packed)
-  mask = jnp.zeros((packed.k, packed.out_channels), bool).at[rows, cols].set(True)
-  return (_dense_matrix(packed).reshape(packed.kernel_shape),
-          mask.reshape(packed.kernel_shape))
-
-
-def _check_packed(packed) -> None:
-  if not isinstance(packed, PackedBlockSparse):
-    raise TypeError(f'expected a PackedBlockSparse (from onexn.pack); got {type(packed).__name__}')
-
 
 # --------------------------------------------------------------------------------------------------
 # sparse_matmul: forward backends, custom VJP, batching
@@ -328,7 +56,7 @@ def _out_dtype(x, values):
 def _xla_forward(cfg: _Config, x, values, row_ptr, col_idx, perm):
   packed = _rebuild(cfg, values, row_ptr, col_idx, perm)
   out_dtype = _out_dtype(x, values)
-  w = _dense_matrix(packed)
+  w = dense_matrix(packed)
   # HIGHEST: TPUs otherwise multiply float32 in bfloat16 passes, and the fallback must give the
   # kernel's numbers. Low-precision inputs accumulate in float32, as the kernel does.
   y = jnp.matmul(x, w, precision=lax.Precision.HIGHEST,
@@ -365,7 +93,7 @@ def _ffi_forward(cfg: _Config, x, values, row_ptr, col_idx, perm):
                                                                           values)
   if perm is not None:
     # The kernel writes packed (rearranged) channel order; undo it. A model exported with the
-    # permutation applied physically (layer + BN + consumer, spec §2.7) packs with perm=None and
+    # permutation applied physically (layer + BN + consumer, ``onexn.permute.permute_pair``) packs with perm=None and
     # skips this gather.
     inverse = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0], dtype=perm.dtype))
     y = jnp.take(y, inverse, axis=-1)
@@ -402,13 +130,13 @@ def _matmul_bwd(cfg, res, dy):
   x, values, row_ptr, col_idx, perm = res
   packed = _rebuild(cfg, values, row_ptr, col_idx, perm)
   acc = jnp.promote_types(dy.dtype, jnp.float32)
-  w = _dense_matrix(packed)
+  w = dense_matrix(packed)
   dx = jnp.matmul(dy, w.T, precision=lax.Precision.HIGHEST, preferred_element_type=acc)
   x2 = x.reshape(-1, packed.k)
   dy2 = dy.reshape(-1, packed.out_channels)
   dw = jnp.matmul(x2.T, dy2, precision=lax.Precision.HIGHEST, preferred_element_type=acc)
   rows = jnp.broadcast_to(col_idx[:, None], (packed.nnzb, packed.n))
-  dvalues = dw[rows, _segment_columns(packed)]
+  dvalues = dw[rows, segment_columns(packed)]
   return dx.astype(x.dtype), dvalues.astype(values.dtype), None, None, None
 
 
@@ -436,14 +164,14 @@ def _check_options(backend: str, num_threads, isa: str) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _warn_fallback_once() -> None:
-  warnings.warn(f'onexn.sparse: the xla_ext CPU kernel is not available ({xla_ext.load_error()}); '
+  warnings.warn(f'onexn.ops: the xla_ext CPU kernel is not available ({xla_ext.load_error()}); '
                 f'backend="auto" runs the dense pure-JAX fallback (no sparse speedup)',
                 RuntimeWarning, stacklevel=3)
 
 
 def sparse_matmul(x, packed: PackedBlockSparse, *, backend: str = 'auto', num_threads: int = 0,
                   isa: str = 'auto') -> jax.Array:
-  """``x @ W`` for a 1xN block-sparse W (spec §2.3 decode: ``Y[m, bN:(b+1)N] = Σ_t X[m, I[t]] D[t]``).
+  """``x @ W`` for a 1xN block-sparse W (paper Fig. 3 decode: ``Y[m, bN:(b+1)N] = Σ_t X[m, I[t]] D[t]``).
 
   Jit-able, vmappable (over x and/or the packed arrays) and differentiable (custom VJP, dense
   backward).
@@ -460,7 +188,7 @@ def sparse_matmul(x, packed: PackedBlockSparse, *, backend: str = 'auto', num_th
   Raises:
     TypeError / ValueError / RuntimeError: bad input or options, before any kernel runs.
   """
-  _check_packed(packed)
+  check_packed(packed)
   _check_options(backend, num_threads, isa)
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -508,7 +236,7 @@ def _cf_xla(cfg: _CfConfig, x, values, row_ptr, col_idx, perm, bias, residual):
                              kernel_shape=cfg.kernel_shape)
   out_dtype = _out_dtype(x, values)
   acc = jnp.promote_types(out_dtype, jnp.float32)
-  y = jnp.einsum('kc,bkp->bcp', _dense_matrix(packed), x, precision=lax.Precision.HIGHEST,
+  y = jnp.einsum('kc,bkp->bcp', dense_matrix(packed), x, precision=lax.Precision.HIGHEST,
                  preferred_element_type=acc)
   if cfg.has_bias:
     y = y + bias.astype(acc)[:, None]
@@ -611,7 +339,7 @@ def sparse_matmul_cf(x, packed: PackedBlockSparse, *, bias=None, residual=None,
                      isa: str = 'auto') -> jax.Array:
   """Channels-first 1xN layer with its epilogue: ``y = act(W^T x + bias + residual)``.
 
-  The same product as :func:`sparse_matmul` (spec §2.3 decode) on activations stored channels-first
+  The same product as :func:`sparse_matmul` (paper Fig. 3 decode) on activations stored channels-first
   (NCHW with H*W flattened), with the BN-folded bias, a residual sum and ReLU / ReLU6 fused into
   the kernel's output stage. In this layout the CPU kernel reads only the input rows that kept
   segments use and transposes nothing (``xla_ext/README.md``), and the epilogue saves the separate
@@ -639,7 +367,7 @@ def sparse_matmul_cf(x, packed: PackedBlockSparse, *, bias=None, residual=None,
   Raises:
     TypeError / ValueError / RuntimeError: bad input or options, before any kernel runs.
   """
-  _check_packed(packed)
+  check_packed(packed)
   _check_options(backend, num_threads, isa)
   if activation not in ACTIVATIONS:
     raise ValueError(f'sparse_matmul_cf: activation must be one of {ACTIVATIONS}; got '
@@ -674,81 +402,3 @@ def sparse_matmul_cf(x, packed: PackedBlockSparse, *, bias=None, residual=None,
   y = _matmul_cf_jit(cfg, xb, packed.values, packed.row_ptr, packed.col_idx, packed.perm,
                      empty if bias is None else bias, rb)
   return y.reshape(out_shape)
-
-
-# --------------------------------------------------------------------------------------------------
-# sparse_conv
-
-
-def _pair(v, what: str) -> Tuple[int, int]:
-  if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-    v = (int(v), int(v))
-  if (not isinstance(v, (tuple, list)) or len(v) != 2 or
-      not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in v)):
-    raise ValueError(f'{what} must be a positive int or a pair of them; got {v!r}')
-  return int(v[0]), int(v[1])
-
-
-def _pads(padding: Padding, in_hw, kernel_hw, strides) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-  if isinstance(padding, str):
-    if padding.upper() not in ('SAME', 'VALID'):
-      raise ValueError(f"padding must be 'SAME', 'VALID', an int or ((top, bottom), (left, "
-                       f"right)); got {padding!r}")
-    pads = lax.padtype_to_pads(in_hw, kernel_hw, strides, padding.upper())
-    return tuple((int(lo), int(hi)) for lo, hi in pads)
-  if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and padding >= 0:
-    return ((int(padding), int(padding)),) * 2
-  try:
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  except (TypeError, ValueError):
-    pads = ()
-  if len(pads) != 2 or min(min(p) for p in pads) < 0:
-    raise ValueError(f"padding must be 'SAME', 'VALID', an int >= 0 or ((top, bottom), (left, "
-                     f"right)) of ints >= 0; got {padding!r}")
-  return pads
-
-
-def sparse_conv(x, packed: PackedBlockSparse, stride=1, padding: Padding = 'SAME', *,
-                backend: str = 'auto', num_threads: int = 0, isa: str = 'auto') -> jax.Array:
-  """NHWC convolution with a packed 1xN kernel; equals ``lax.conv_general_dilated`` of the
-  masked HWIO kernel (``dimension_numbers=('NHWC', 'HWIO', 'NHWC')``, as ``flax.linen.Conv``).
-
-  1x1 convs run the GEMM on the (strided) activation itself; kxk convs build the im2col patches
-  ``[..., Ho, Wo, kh*kw*C_in]`` (order (dy, dx, c), matching the packed rows) and run the GEMM
-  on them (spec §2.3). Dilation and feature groups (depthwise convs) are not supported.
-
-  Args:
-    x: ``[..., H, W, C_in]`` floating (any leading batch dims).
-    packed: from :func:`pack` of an HWIO kernel (a 2-D kernel counts as 1x1).
-    stride: int or (sh, sw).
-    padding: 'SAME' | 'VALID' (lax semantics) | int | ((top, bottom), (left, right)).
-    backend, num_threads, isa: as :func:`sparse_matmul`.
-  Returns:
-    ``[..., Ho, Wo, C_out]``.
-  """
-  _check_packed(packed)
-  x = jnp.asarray(x)
-  if x.ndim < 3:
-    raise ValueError(f'sparse_conv: x must be [..., H, W, C_in]; got shape {tuple(x.shape)}')
-  if x.shape[-1] != packed.in_channels:
-    raise ValueError(f'sparse_conv: x has {x.shape[-1]} input channels but the packed kernel '
-                     f'{packed.kernel_shape} reads {packed.in_channels} (grouped/depthwise convs '
-                     f'are not supported)')
-  sh, sw = _pair(stride, 'stride')
-  kh, kw = packed.kernel_size
-  lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
-  (pt, pb), (pl, pr) = _pads(padding, (h, w), (kh, kw), (sh, sw))
-  ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-  if ho <= 0 or wo <= 0:
-    raise ValueError(f'sparse_conv: a {kh}x{kw} kernel with stride {(sh, sw)} and padding '
-                     f'{((pt, pb), (pl, pr))} leaves no output pixels for input {h}x{w}')
-  xb = x.reshape((-1, h, w, c))
-  if (pt, pb, pl, pr) != (0, 0, 0, 0):
-    xb = jnp.pad(xb, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  b = xb.shape[0]
-  taps = [lax.slice(xb, (0, dy, dx, 0), (b, dy + (ho - 1) * sh + 1, dx + (wo - 1) * sw + 1, c),
-                    (1, sh, sw, 1))
-          for dy in range(kh) for dx in range(kw)]
-  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-  y = sparse_matmul(patches, packed, backend=backend, num_threads=num_threads, isa=isa)
-  return y.reshape(lead + (ho, wo, packed.out_channels))
