@@ -170,7 +170,7 @@ def test_resnet_known_sizes():
   # He et al. Table 6: ResNet-20 0.27M, ResNet-56 0.85M, ResNet-110 1.7M.
   assert sum(s.num_params for s in models.layer_specs('resnet20')) == 269722
   assert round(sum(s.num_params for s in models.layer_specs('resnet56')) / 1e6, 3) == 0.853
-  # Jackpot's wide ResNet-32: conv params 1.844M (spec §4.4).
+  # Jackpot's wide ResNet-32: conv params 1.844M (the Lottery Jackpots paper's parameter count).
   conv = sum(s.num_params for s in models.layer_specs('resnet32_wide')
              if s.kind == 'conv' and s.role != 'classifier')
   assert round(conv / 1e6, 3) == 1.844
@@ -361,12 +361,12 @@ def _vgg_params(widths, k=10, bias=True, fc_bias=True):
 def test_vgg_param_counts():
   v16 = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
   assert sum(s.num_params for s in models.layer_specs('vgg16')) == _vgg_params(v16)
-  assert round(_vgg_params(v16) / 1e6, 2) == 14.73          # spec §0.1
+  assert round(_vgg_params(v16) / 1e6, 2) == 14.73          # thop count of torchvision VGG-16 (CIFAR head)
   v19 = [64, 64, 128, 128, 256, 256, 256, 256] + [512] * 8
   specs = models.layer_specs('vgg19', conv_bias=False, classifier_as_conv=True)
   assert sum(s.num_params for s in specs) == _vgg_params(v19, bias=False)
   conv = sum(s.num_params for s in specs if s.kind == 'conv' and s.role != 'classifier')
-  assert round(conv / 1e6, 2) == 20.02                       # Jackpot conv params, spec §4.4
+  assert round(conv / 1e6, 2) == 20.02                       # Jackpot conv params, as the paper's table
   assert specs[-1].kind == 'conv' and specs[-1].param_shapes()['kernel'] == (1, 1, 512, 10)
   dcff = [32, 32, 76, 76, 166, 166, 166, 76, 76, 76, 76, 76, 76]
   assert sum(s.num_params for s in models.layer_specs('vgg16', widths=dcff)) == _vgg_params(dcff)
@@ -407,7 +407,7 @@ def test_mobilenet_reference_param_counts():
   # torchvision mobilenet_v2(): 3,504,872 params; MobileNet-V1 1.0-224: 4,231,976.
   assert sum(s.num_params for s in models.layer_specs('mobilenet_v2', num_classes=1000)) == 3504872
   assert sum(s.num_params for s in models.layer_specs('mobilenet_v1', num_classes=1000)) == 4231976
-  # 1xN: 13 pointwise + classifier 1x1 conv masked; MobileNet-V2: 35 masked (spec §2.4).
+  # 1xN: 13 pointwise + classifier 1x1 conv masked; MobileNet-V2: 35 masked (lmbxmu/1xN: pointwise convs and the classifier).
   v1 = models.layer_specs('mobilenet_v1', num_classes=1000, classifier_as_conv=True)
   assert len([s for s in v1 if s.kind == 'conv' and s.role in ('pointwise', 'classifier')]) == 14
   v2 = models.layer_specs('mobilenet_v2', num_classes=1000, classifier_as_conv=True)
@@ -507,8 +507,8 @@ def test_imagenet_resnet_reference_param_counts():
   specs = models.layer_specs('resnet50', input_hw=(224, 224), num_classes=1000,
                              classifier_as_conv=True)
   conv = [s for s in specs if s.kind == 'conv' and s.role != 'classifier']
-  assert round(sum(s.num_params for s in conv) / 1e6, 2) == 23.45     # Jackpot, spec §4.4
-  # 1xN masks 53 convs: 16x3 + 4 downsample + the fc conv (not the stem), spec §2.4.
+  assert round(sum(s.num_params for s in conv) / 1e6, 2) == 23.45     # Jackpot's ResNet-50 conv params
+  # 1xN masks 53 convs: 16x3 + 4 downsample + the fc conv (not the stem), as lmbxmu/1xN masks them.
   assert len([s for s in specs if s.kind == 'conv' and s.role != 'stem']) == 53
   down = [s for s in conv if s.role == 'shortcut']
   assert [s.path[0] for s in down] == ['layer1_0', 'layer2_0', 'layer3_0', 'layer4_0']
