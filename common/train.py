@@ -884,6 +884,7 @@ def run(config, workdir: str, method: Optional[Method] = None, *,
     os.replace(metrics_path + '.tmp', metrics_path)
 
   use_bar = bool(config.get('progress_bar', True)) and is_main
+  saver = _Saver(background=engine.nproc == 1)
   try:
     for epoch in range(start_epoch, int(config.num_epochs)):
       t0 = time.time()
@@ -920,16 +921,15 @@ def run(config, workdir: str, method: Optional[Method] = None, *,
               flush=True)
       meta = {'epoch': epoch, 'best_value': best_value, 'best_metric': best_metric,
               'seconds': elapsed}
-      # Multi-process: orbax cannot serialise process-local device arrays; every process holds
-      # the same replicated values, so save host copies (orbax writes them from the primary).
-      saved = jax.tree.map(np.asarray, state) if engine.nproc > 1 else state
-      if improved:
-        best_ckpt.save(epoch, {'params': saved.params, 'batch_stats': saved.batch_stats,
-                               'extra': saved.extra}, meta)
       last = epoch == config.num_epochs - 1
-      if last or (epoch + 1) % max(int(config.get('checkpoint_every_epochs', 1)), 1) == 0:
-        ckpt.save(epoch, saved, meta)
+      periodic = last or (epoch + 1) % max(int(config.get('checkpoint_every_epochs', 1)), 1) == 0
+      if improved or periodic:
+        # Host copies: the saves never see buffers a later step reuses, and multi-process orbax
+        # cannot serialise process-local device arrays (every process holds the same values).
+        saved = jax.tree.map(np.asarray, state)
+        saver.submit(_save_epoch, ckpt, best_ckpt, epoch, saved, meta, improved, periodic)
 
+    saver.wait()   # the final checkpoints exist before results.json says the run is finished
     if not rows:
       raise UserError(f'{workdir} holds a finished run with no metrics.jsonl; use a fresh '
                       f'--workdir')
@@ -949,9 +949,56 @@ def run(config, workdir: str, method: Optional[Method] = None, *,
       plot_metrics(rows, os.path.join(workdir, 'metrics.png'),
                    f'{method.name}: {config.model.name} on {config.dataset.name}')
   finally:
+    saver.close()
     ckpt.close()
     best_ckpt.close()
   return results
+
+
+def _save_epoch(ckpt, best_ckpt, epoch, saved, meta, improved: bool, periodic: bool) -> None:
+  if improved:
+    best_ckpt.save(epoch, {'params': saved.params, 'batch_stats': saved.batch_stats,
+                           'extra': saved.extra}, meta)
+  if periodic:
+    ckpt.save(epoch, saved, meta)
+
+
+class _Saver:
+  """Runs epoch checkpoint saves on one background thread, so that they overlap the next
+  epoch's steps instead of adding to its wall time (single-process runs; multi-process orbax
+  saves synchronise all processes and stay on the main thread).
+
+  At most one save is in flight: a new one first waits for the previous (and re-raises its
+  error), so checkpoints are written in epoch order; ``close`` waits for the last. A kill during
+  a save leaves an unfinished step that restore ignores (``common.checkpoint``), and the resumed
+  run repeats the epochs after the last complete checkpoint.
+  """
+
+  def __init__(self, background: bool):
+    self._pool = None
+    if background:
+      from concurrent.futures import ThreadPoolExecutor
+      self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='checkpoint')
+    self._pending = None
+
+  def submit(self, fn, *args) -> None:
+    self.wait()
+    if self._pool is None:
+      fn(*args)
+    else:
+      self._pending = self._pool.submit(fn, *args)
+
+  def wait(self) -> None:
+    pending, self._pending = self._pending, None
+    if pending is not None:
+      pending.result()
+
+  def close(self) -> None:
+    try:
+      self.wait()
+    finally:
+      if self._pool is not None:
+        self._pool.shutdown(wait=True)
 
 
 @dataclasses.dataclass

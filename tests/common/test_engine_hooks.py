@@ -419,7 +419,8 @@ from tests.common.test_engine_hooks import stages, FromPrevious
 
 class Killer(FromPrevious):
   def epoch_end(self, state, epoch):
-    if epoch == 1 and os.environ.get('KILL_IN_STAGE2'):
+    # Epoch 2: the background save of epoch 0 has finished (epoch 1's save waited for it).
+    if epoch == 2 and os.environ.get('KILL_IN_STAGE2'):
       os.kill(os.getpid(), signal.SIGKILL)
     return {{}}
 
