@@ -539,8 +539,11 @@ def load_dataset(config, split: str):
   kwargs = {}
   if ds_cfg.get('normalization', ''):
     kwargs['normalization'] = ds_cfg.normalization
-  if split != 'train' or not ds_cfg.get('augment', True):
-    kwargs['augment'] = split == 'train' and ds_cfg.get('augment', True)
+  # A slice of the training split ('train[:1500]', 'train[90%:]') is still a training split: it
+  # keeps the augmentation unless the config turns it off.
+  is_train = str(split).replace(' ', '').split('[', 1)[0] == 'train'
+  if not is_train or not ds_cfg.get('augment', True):
+    kwargs['augment'] = is_train and ds_cfg.get('augment', True)
   opts = ds_cfg.get('options', None)
   # Per-data-set options of common.data.load (e.g. ImageNet crop_scale=(0.08, 1.25), lighting=0.1
   # for ReCU/1xN; CIFAR pad_mode), set by the paper configs.

@@ -127,3 +127,24 @@ def test_method_choice_default_value_and_error():
   assert m.choice('other', 'a', ('a', 'b')) == 'a'
   with pytest.raises(train.UserError, match=r"method.mode must be one of \['a', 'c'\]; got 'b'"):
     m.choice('mode', 'a', ('a', 'c'))
+
+
+def test_load_dataset_keeps_augmentation_on_sliced_train_splits(monkeypatch):
+  """'train[:N]' is a training split: only the test split (or augment=False) turns augmentation off."""
+  from common import data
+  from common.configs import resnet20_digits
+  seen = {}
+
+  def fake_load(name, split, **kwargs):
+    seen[split] = kwargs.get('augment', True)
+    return None
+
+  monkeypatch.setattr(data, 'load', fake_load)
+  config = resnet20_digits.get_config()
+  for split in ('train', 'train[:500]', 'train[10%:]', 'test', 'test[:100]'):
+    train.load_dataset(config, split)
+  assert seen == {'train': True, 'train[:500]': True, 'train[10%:]': True, 'test': False,
+                  'test[:100]': False}
+  config.dataset.augment = False
+  train.load_dataset(config, 'train[:500]')
+  assert seen['train[:500]'] is False
