@@ -11,6 +11,12 @@ subsample ``x[:, ::2, ::2]`` (stride 2 only) and zero-pad channels with
 ``left = (C_out - C_in) // 2`` zeros in front and ``C_out - C_in - left`` behind (DCFF's general
 form of akamaster's ``planes // 4`` padding). A block output narrower than its input is rejected.
 
+Projection (option-B) shortcut, ``shortcut='projection'``: a 1x1 conv (stride s) + BN named
+``downsample_conv`` / ``downsample_bn`` wherever the stride is 2 or the widths differ, as the
+ImageNet ResNet's (He et al. 2016, eq. 2; kuangliu/pytorch-cifar ``models/resnet.py``, the CIFAR
+ResNets of SJLeo/FFSD ``models/resnet.py`` and of the FDDA/ZeroQ CIFAR models). Option A stays the
+default.
+
 Width config (JSON-serialisable dict, every key required)::
 
     {'stem': int,                      # stem conv output
@@ -26,7 +32,7 @@ Param paths: ``conv1, bn1, layer{s}_{b}/{conv1,bn1,conv2,bn2}, fc`` (s from 1, b
 
 Activation: the ``act`` option ('relu', the default as in every CIFAR ResNet repository, 'relu6',
 or a callable). Tap sites (``common.models.taps``), in forward order: ``bn1_in, act1``, then per
-block ``layer{s}_{b}/{bn1_in, act1, bn2_in, act2, out}`` (``act2`` = act of the residual sum =
+block ``layer{s}_{b}/{bn1_in, act1, bn2_in, [downsample_bn_in,] act2, out}`` (``act2`` = act of the residual sum =
 the block output), then ``features``.
 
 Default init ``'kaiming_normal_fan_in'`` (akamaster ``_weights_init``: conv and Linear weights
@@ -66,11 +72,15 @@ def option_a_shortcut(x, out_ch: int, stride: int):
   return x
 
 
-class BasicBlockA(nn.Module):
-  """Basic block with option-A shortcut: ``[B,H,W,C_in] -> [B,H/s,W/s,out]``.
+SHORTCUTS = ('A', 'projection')
 
-  Tap sites (relative to the block): ``bn1_in``, ``act1``, ``bn2_in``, ``act2`` (the activation of
-  the residual sum), ``out``.
+
+class BasicBlockA(nn.Module):
+  """Basic block: ``[B,H,W,C_in] -> [B,H/s,W/s,out]``, option-A or projection shortcut.
+
+  Tap sites (relative to the block): ``bn1_in``, ``act1``, ``bn2_in``, ``downsample_bn_in`` (the
+  projection's BN input, only when the block has one), ``act2`` (the activation of the residual
+  sum), ``out``.
   """
   inner: int
   out: int
@@ -78,6 +88,7 @@ class BasicBlockA(nn.Module):
   init: str
   bn_axis_name: Optional[str] = None
   act: Any = 'relu'
+  shortcut: str = 'A'
 
   @nn.compact
   def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
@@ -88,15 +99,23 @@ class BasicBlockA(nn.Module):
     y = T.at(tap, 'act1', act(L.batch_norm(train, 'bn1', self.bn_axis_name)(y)))
     y = L.conv(self.out, 3, in_ch=self.inner, init=self.init, name='conv2')(y)
     y = L.batch_norm(train, 'bn2', self.bn_axis_name)(T.at(tap, 'bn2_in', y))
-    y = T.at(tap, 'act2', act(y + option_a_shortcut(x, self.out, self.stride)))
+    if self.shortcut == 'projection' and (self.stride != 1 or in_ch != self.out):
+      sc = L.conv(self.out, 1, in_ch=in_ch, stride=self.stride, init=self.init,
+                  name='downsample_conv')(x)
+      sc = L.batch_norm(train, 'downsample_bn', self.bn_axis_name)(
+          T.at(tap, 'downsample_bn_in', sc))
+    else:
+      sc = option_a_shortcut(x, self.out, self.stride)
+    y = T.at(tap, 'act2', act(y + sc))
     return T.at(tap, 'out', y)
 
 
 class ResNetCifar(nn.Module):
-  """CIFAR ResNet with option-A shortcuts (widths in the module docstring's format, as fields).
+  """CIFAR ResNet (widths in the module docstring's format, as fields).
 
   ``get_model``'s ``init=`` kwarg is the field ``init_scheme`` (``init`` is ``Module.init``);
-  ``act`` is 'relu' (default), 'relu6' or any callable.
+  ``act`` is 'relu' (default), 'relu6' or any callable; ``shortcut`` 'A' (default) or
+  'projection'.
   ``__call__(x [B, H, W, 3], train, tap=None) -> logits [B, num_classes]``; sows the pooled features
   ``[B, stages[-1]]`` as ``intermediates/features``; ``tap``: see the module docstring.
   """
@@ -109,6 +128,7 @@ class ResNetCifar(nn.Module):
   classifier_as_conv: bool = False
   bn_axis_name: Optional[str] = None
   act: Any = 'relu'
+  shortcut: str = 'A'
 
   @nn.compact
   def __call__(self, x, train: bool, tap: Optional[T.Tap] = None):
@@ -121,19 +141,26 @@ class ResNetCifar(nn.Module):
       for b, inner in enumerate(inners):
         stride = 2 if (s > 0 and b == 0) else 1
         name = f'layer{s + 1}_{b}'
-        x = BasicBlockA(inner, out, stride, init, self.bn_axis_name, self.act,
+        x = BasicBlockA(inner, out, stride, init, self.bn_axis_name, self.act, self.shortcut,
                         name=name)(x, train, T.within(tap, name))
     feats = T.at(tap, 'features', L.global_avg_pool(x))
     self.sow('intermediates', 'features', feats)
     return L.classifier(feats, self.num_classes, as_conv=self.classifier_as_conv, init=dense_init)
 
 
-def parse_widths(name: str, depth: Optional[int], widths):
+def check_shortcut(name: str, shortcut: str) -> str:
+  if shortcut not in SHORTCUTS:
+    raise ValueError(f'{name}: unknown shortcut {shortcut!r}; allowed: {list(SHORTCUTS)}')
+  return shortcut
+
+
+def parse_widths(name: str, depth: Optional[int], widths, shortcut: str = 'A'):
   """Validates a width dict; returns ``(stem, stages, inner)`` as ints / tuples.
 
   Raises ValueError naming the bad entry (wrong keys, non-positive widths, block counts that do not
   give ``depth``, a block output narrower than its input, which option A cannot shortcut).
   """
+  check_shortcut(name, shortcut)
   L.check_keys(name, widths, ('stem', 'stages', 'inner'))
   stem = L.check_pos_int(f'{name} widths["stem"]', widths['stem'])
   stages = L.check_int_list(f'{name} widths["stages"]', widths['stages'])
@@ -152,7 +179,7 @@ def parse_widths(name: str, depth: Optional[int], widths):
                      f'({n} per stage for 3 stages); widths["inner"] gives {nblocks}')
   prev = stem
   for s, out in enumerate(stages):
-    if out < prev:
+    if out < prev and shortcut == 'A':
       raise ValueError(f'{name}: stage {s} width {out} < its input width {prev}; option-A '
                        f'shortcuts can only zero-pad channels')
     prev = out
@@ -173,11 +200,12 @@ def uniform_widths(depth: int, stages=(16, 32, 64), stem: Optional[int] = None):
 def layer_specs_of(name: str, depth: Optional[int], widths, input_hw, num_classes,
                    init: str = 'kaiming_normal_fan_in', dense_init: Optional[str] = None,
                    classifier_as_conv: bool = False, bn_axis_name: Optional[str] = None,
-                   act: Any = 'relu'):
-  """Specs in forward order; the stem and every conv2 feed the residual stream (option A)."""
+                   act: Any = 'relu', shortcut: str = 'A'):
+  """Specs in forward order; the stem, every conv2 and every projection conv feed the residual
+  stream."""
   L.check_init(init, dense_init)
   L.act_fn(act)
-  stem, stages, inner = parse_widths(name, depth, widths)
+  stem, stages, inner = parse_widths(name, depth, widths, shortcut)
   b = SpecBuilder(input_hw)
   in_ch = stem
   b.conv(('conv1',), 3, stem, 3, role='stem', feeds_residual=True, bn=('bn1',))
@@ -185,8 +213,12 @@ def layer_specs_of(name: str, depth: Optional[int], widths, input_hw, num_classe
     for i, w in enumerate(inners):
       stride = 2 if (s > 0 and i == 0) else 1
       blk = f'layer{s + 1}_{i}'
+      in_hw = b.hw
       b.conv((blk, 'conv1'), in_ch, w, 3, stride=stride, role='inner', bn=(blk, 'bn1'))
       b.conv((blk, 'conv2'), w, out, 3, role='block_out', feeds_residual=True, bn=(blk, 'bn2'))
+      if shortcut == 'projection' and (stride != 1 or in_ch != out):
+        b.conv((blk, 'downsample_conv'), in_ch, out, 1, stride=stride, role='shortcut',
+               feeds_residual=True, bn=(blk, 'downsample_bn'), in_hw=in_hw)
       in_ch = out
   b.classifier(in_ch, num_classes, classifier_as_conv)
   return b.specs
@@ -194,7 +226,7 @@ def layer_specs_of(name: str, depth: Optional[int], widths, input_hw, num_classe
 
 def _register(name: str, depth: int, stages):
   def build(num_classes, widths, init='kaiming_normal_fan_in', **kwargs):
-    stem, st, inner = parse_widths(name, depth, widths)
+    stem, st, inner = parse_widths(name, depth, widths, kwargs.get('shortcut', 'A'))
     L.check_init(init, kwargs.get('dense_init'))
     L.act_fn(kwargs.get('act', 'relu'))
     return ResNetCifar(num_classes=num_classes, stem=stem, stages=st, inner=inner,

@@ -288,6 +288,40 @@ def test_resnet_cifar_forward_matches_numpy():
   np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_resnet_cifar_projection_shortcut_matches_numpy_and_counts():
+  # Option B: 1x1 conv (stride s) + BN wherever the stride or the width changes; a stage may
+  # shrink (7 -> 4), which option A refuses.
+  model = resnet_cifar.ResNetCifar(num_classes=3, stem=3, stages=(7, 4), inner=((2,), (5,)),
+                                   shortcut='projection')
+  x = np.random.RandomState(2).randn(2, 8, 8, 3).astype(np.float32)
+  v = _init(model, 0, x)
+  assert 'downsample_conv' in v['params']['layer1_0']      # 3 -> 7 at stride 1
+  y = np.asarray(_apply(model, v, x))
+  P, S = v['params'], v['batch_stats']
+  relu = lambda t: np.maximum(t, 0)
+  h = relu(np_bn(np_conv(x, P['conv1']['kernel']), P['bn1'], S['bn1']))
+  for name, stride in (('layer1_0', 1), ('layer2_0', 2)):
+    p, s = P[name], S[name]
+    t = relu(np_bn(np_conv(h, p['conv1']['kernel'], stride), p['bn1'], s['bn1']))
+    t = np_bn(np_conv(t, p['conv2']['kernel']), p['bn2'], s['bn2'])
+    sc = np_bn(np_conv(h, p['downsample_conv']['kernel'], stride), p['downsample_bn'],
+               s['downsample_bn'])
+    h = relu(t + sc)
+  ref = h.mean((1, 2)) @ P['fc']['kernel'] + P['fc']['bias']
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+  # ResNet-20 with projections: option A's 269,722 + (16*32 + 2*32) + (32*64 + 2*64).
+  specs = models.layer_specs('resnet20', shortcut='projection')
+  assert sum(sp.num_params for sp in specs) == 269722 + 576 + 2176
+  m = models.get_model('resnet20', 10, shortcut='projection')
+  v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  assert sum(a.size for a in jax.tree_util.tree_leaves(v['params'])) == 269722 + 576 + 2176
+  sc = [sp for sp in specs if sp.path[-1] == 'downsample_conv']
+  assert [(sp.path[0], sp.stride, sp.role, sp.feeds_residual) for sp in sc] == [
+      ('layer2_0', 2, 'shortcut', True), ('layer3_0', 2, 'shortcut', True)]
+  with pytest.raises(ValueError, match="unknown shortcut 'B'"):
+    models.get_model('resnet20', 10, shortcut='B')
+
+
 def test_features_are_sown_and_train_mode_updates_stats():
   model = models.get_model('resnet8', 4, widths=_shrink(models.default_widths('resnet8'), 4))
   x = np.random.RandomState(0).randn(3, 8, 8, 3).astype(np.float32)
