@@ -116,7 +116,7 @@ def dead_fraction(w: jax.Array, tau) -> jax.Array:
 def weight_entropy(w: jax.Array) -> jax.Array:
   """Information entropy (bits) of the binary weights ``sign(w - mean_c w)`` of one layer.
 
-  ``H = -p log2 p - (1 - p) log2 (1 - p)``, p = share of +1 entries (ReCU paper §3.3 argues ReCU
+  ``H = -p log2 p - (1 - p) log2 (1 - p)``, p = share of +1 entries (ReCU paper Sec. 3.3 argues ReCU
   keeps this near its 1-bit maximum). Scalar in [0, 1].
   """
   p = jnp.mean((standardize(w) > 0).astype(jnp.float32))
@@ -125,7 +125,7 @@ def weight_entropy(w: jax.Array) -> jax.Array:
 
 
 def quantization_error(w: jax.Array, tau) -> jax.Array:
-  """Mean squared error between the clamped weights and their best scaled sign (ReCU paper §3.2).
+  """Mean squared error between the clamped weights and their best scaled sign (ReCU paper Sec. 3.2).
 
   ``mean((w2 - s sign(w2))^2)`` with ``w2 = recu_clamp(w, tau)`` and ``s = mean|w2|`` (the
   L2-optimal per-layer scale); divided by ``mean(w2^2)`` so that layers of different scale compare.

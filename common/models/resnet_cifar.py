@@ -1,4 +1,4 @@
-"""CIFAR ResNets (He et al. 2016, §4.2) with option-A shortcuts and per-layer widths.
+"""CIFAR ResNets (He et al. 2016, Sec. 4.2) with option-A shortcuts and per-layer widths.
 
 Layout (akamaster/pytorch_resnet_cifar10 ``resnet.py``, lmbxmu/DCFF ``models/cifar/resnet.py``,
 zyxxmu/White-Box ``model/``, zyxxmu/lottery-jackpots ``models/``): 3x3 stem conv + BN + act; S
