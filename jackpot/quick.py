@@ -119,12 +119,22 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
                        'top1_last': rd['last'], 'sparsity': rd['sparsity'],
                        'iou_magnitude': rd['iou_magnitude'], 'curve': rd['curve']})
           curves.setdefault((M_RAND, p), []).append(rd['curve'])
+        _log(workdir, [r for r in rows if r['seed'] == seed and r['p'] in (0.0, p)])
 
   plot = os.path.join(workdir, 'jackpot_top1_vs_search_epoch.png')
   plot_curves(curves, rows, plot)
   with open(os.path.join(workdir, 'rows.json'), 'w') as f:
     json.dump(rows, f, indent=1)
   return {'rows': rows, 'plots': [plot], 'checks': checks_of(rows, curves, st, seeds)}
+
+
+def _log(workdir: str, rows: List[Dict[str, Any]]) -> None:
+  """Appends finished rows to ``progress.jsonl`` and prints them (a long run shows progress)."""
+  with open(os.path.join(workdir, 'progress.jsonl'), 'a') as f:
+    for r in rows:
+      f.write(json.dumps(r) + '\n')
+  for r in rows:
+    print(f"seed {r['seed']} p {r['p']} {r['method']}: top-1 {r['top1']:.4f}", flush=True)
 
 
 def _get(rows, method, p, seed=None, key='top1'):

@@ -49,6 +49,8 @@ def _unflat(flat: Dict[Path, jax.Array]):
 
 
 def check_choice(name: str, value, allowed: Sequence[str]) -> str:
+  """``value`` if it is in ``allowed``, else a ValueError naming ``name``, the allowed values and
+  the value given."""
   if value not in allowed:
     raise ValueError(f'{name} must be one of {list(allowed)}; got {value!r}')
   return value

@@ -99,6 +99,11 @@ class Jackpot(train.Method):
     """The pretrained variables plus the initial scores (``set_prune_rate``)."""
     v = load_pretrained(self.config.get('init_checkpoint', ''))
     check_fits(model, rng, images, v, self.config.model.name)
+    return self.search_variables(v, rng)
+
+  def search_variables(self, v, rng):
+    """``{'params': {'net', 'scores'}, 'batch_stats'}`` from pretrained variables ``v``: layer
+    rates, counts and initial scores / masks (the masks and counts go to :meth:`init_extra`)."""
     net = v['params']
     layer_set = set(self.layers)
     where = lambda path, leaf: path in layer_set
