@@ -102,21 +102,32 @@ def per_layer_masks(params, sparsity: float, where: Optional[transforms.Where] =
 
 
 def global_magnitude_masks(params, sparsity: float,
-                           where: Optional[transforms.Where] = None) -> MaskTree:
+                           where: Optional[transforms.Where] = None,
+                           count: str = 'prune') -> MaskTree:
   """Global unstructured magnitude pruning: one threshold over all selected leaves.
 
-  Prunes exactly ``int(total * sparsity)`` weights with the smallest ``|w|`` across the selected
-  layers (Lottery Jackpots derives its per-layer rates this way: zyxxmu/lottery-jackpots).
-
+  Args:
+    params: parameter pytree.
+    sparsity: pruning rate p in [0, 1].
+    where: leaf selector (default: conv/dense kernels).
+    count: which count is truncated, over the ``N`` selected weights:
+      'prune' prunes exactly ``int(N * p)`` weights of smallest ``|w|`` (the rule of this module);
+      'keep' keeps exactly ``int(N * (1 - p))`` weights of largest ``|w|``, the count of
+      zyxxmu/lottery-jackpots ``cifar.py: generate_pr_cfg`` (``preserve_num``). The two differ by
+      one weight whenever ``N * p`` is not an integer.
   Returns:
     mask tree with the selected paths only.
   """
   p = _check_rate(sparsity)
+  if count not in ('prune', 'keep'):
+    raise ValueError(f"count must be 'prune' or 'keep'; got {count!r}")
   sel = transforms.select(params, where)
   if not sel:
     raise ValueError('no parameters selected for global magnitude pruning')
   flat = jnp.concatenate([jnp.abs(w).reshape(-1) for w in sel.values()])
-  keep = lowest_k_mask(flat, int(flat.size * p))
+  n_prune = (int(flat.size * p) if count == 'prune'
+             else flat.size - int(flat.size * (1.0 - p)))
+  keep = lowest_k_mask(flat, n_prune)
   out, i = {}, 0
   for path, w in sel.items():
     out[path] = keep[i:i + w.size].reshape(w.shape)

@@ -63,6 +63,23 @@ def test_global_magnitude_masks_single_threshold():
   assert abs(rep['global_sparsity'] - int(flat_w.size * 0.6) / flat_w.size) < 1e-12
 
 
+@pytest.mark.parametrize('sparsity', [0.6, 0.9, 0.95])
+def test_global_magnitude_masks_keep_count(sparsity):
+  # count='keep' keeps int(N (1 - p)) largest |w| (lottery-jackpots generate_pr_cfg), which is one
+  # weight fewer than N - int(N p) whenever N p is not an integer (here N = 944).
+  p = params_tree(4)
+  mt = masks.global_magnitude_masks(p, sparsity, count='keep')
+  flat_w = np.concatenate([np.abs(np.asarray(w)).ravel() for w in transforms.select(p).values()])
+  flat_m = np.concatenate([np.asarray(m).ravel() for m in
+                           transforms.select(mt, lambda path, leaf: True).values()])
+  n_keep = int(flat_w.size * (1 - sparsity))
+  assert flat_m.sum() == n_keep
+  assert n_keep != flat_w.size - int(flat_w.size * sparsity)
+  np.testing.assert_array_equal(np.sort(flat_w[flat_m]), np.sort(flat_w)[::-1][:n_keep][::-1])
+  with pytest.raises(ValueError, match="count must be 'prune' or 'keep'; got 'kept'"):
+    masks.global_magnitude_masks(p, sparsity, count='kept')
+
+
 def test_apply_masks_and_errors():
   p = params_tree()
   mt = masks.per_layer_masks(p, 0.5, kind='filter')
