@@ -302,6 +302,15 @@ class Method:
                           **self.model_kwargs())
     return int(f), int(p)
 
+  def host_state(self) -> Optional[Dict[str, Any]]:
+    """*Host*. JSON-serialisable method state that lives on the host (a subnet pool, a host RNG
+    state), saved in every epoch checkpoint's meta record; None (default): nothing to save."""
+    return None
+
+  def load_host_state(self, host: Dict[str, Any]) -> None:
+    """*Host*. Restores what :meth:`host_state` returned, when a run resumes from a checkpoint
+    that holds it (called after the restore, before the first resumed epoch)."""
+
   def export(self, state: TrainState, workdir: str) -> Dict[str, Any]:
     """*Host*. Artifacts after training (compact model, plots, measured latency). Returns the
     fields (artifact paths, figures) that the engine records once in ``results.json``."""
@@ -873,6 +882,8 @@ def run(config, workdir: str, method: Optional[Method] = None, *,
     start_epoch = int(meta['epoch']) + 1
     best_value = float(meta.get('best_value', meta.get('best_top1', -math.inf)))
     elapsed = float(meta.get('seconds', 0.0))
+    if meta.get('host_state') is not None:
+      method.load_host_state(meta['host_state'])
     if is_main:
       print(f'resuming {workdir} from epoch {start_epoch}', flush=True)
 
@@ -924,6 +935,9 @@ def run(config, workdir: str, method: Optional[Method] = None, *,
               flush=True)
       meta = {'epoch': epoch, 'best_value': best_value, 'best_metric': best_metric,
               'seconds': elapsed}
+      host = method.host_state()
+      if host is not None:
+        meta['host_state'] = _to_py(host)
       last = epoch == config.num_epochs - 1
       periodic = last or (epoch + 1) % max(int(config.get('checkpoint_every_epochs', 1)), 1) == 0
       if improved or periodic:

@@ -25,6 +25,7 @@ from common.models.specs import LayerSpec
 from common.models.taps import Tap, tap_sites
 # Importing the model modules registers them.
 from common.models import mobilenet_v1, mobilenet_v2, resnet, resnet_cifar, vgg  # noqa: F401
+from common.models import slimmable  # noqa: F401  (slim_mobilenet_v1[_tiny], slim_mobilenet_v2)
 
 __all__ = ['MODELS', 'Entry', 'LayerSpec', 'Tap', 'canonical_widths', 'default_widths',
            'get_model', 'layer_specs', 'register', 'tap_sites']
