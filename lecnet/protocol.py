@@ -14,11 +14,11 @@ class permutation (CUB ``Seed_1`` ... ``Seed_10``), and lists *every* training i
 classes; its loader draws ``shot`` of them per class at random (``data/CUB200.py``:
 ``random.sample`` under ``random.seed(123)``). Both formats are read here.
 
-The lists are mapped onto the prepared TFDS records (``python -m common.data.prepare``) by a stable
-key: for CIFAR-100 the record index of the training split (the prepare step keeps the pickle's
-order); for CUB the image path, resolved through the CUB_200_2011 metadata (``images.txt`` and
-``train_test_split.txt``; the prepare step writes the training images in ``images.txt`` order).
-An image a list names that cannot be found is an error naming the list, the line and the image.
+The lists are mapped onto the prepared TFDS records (``python -m common.data.prepare``) by the
+stable key the prepare step stores in each record's ``id`` feature: for CIFAR-100 ``train_<i>``
+with ``i`` the position in the pickle (the integer the lists hold), for CUB the image path under
+``images/``. An image a list names that cannot be found is an error naming the list and the
+image.
 
 Labels are renumbered in session order (base classes first, then ``way`` per session), which is
 the natural class order for the TOPIC lists and LEC's relabelling for its seeded lists.
@@ -155,41 +155,43 @@ def session_files(list_dir: str, sessions: int) -> List[str]:
   return files
 
 
-def cifar_key_rows(entries, list_path: str, num_records: int) -> np.ndarray:
-  """Record rows of CIFAR-100 index-list keys (integers into the training pickle)."""
-  rows = []
-  for key, _ in entries:
-    try:
-      r = int(key)
-    except ValueError:
-      raise UserError(f'{list_path}: image {key!r} is not a CIFAR-100 training index') from None
-    if not 0 <= r < num_records:
-      raise UserError(f'{list_path}: image {key} not found: the prepared CIFAR-100 training '
-                      f'split has {num_records} records')
-    rows.append(r)
-  return np.asarray(rows, np.int64)
+def record_keys(name: str, data_dir: str, split: str = 'train') -> Dict[str, int]:
+  """``{image key: record row}`` of a prepared TFDS split, from its ``id`` feature.
 
-
-def cub_path_rows(cub_root: str) -> Dict[str, int]:
-  """``{'<class dir>/<file>.jpg': training record row}`` from the CUB_200_2011 metadata.
-
-  ``common.data.prepare`` writes the training images in ``images.txt`` id order, so the row of an
-  image is its rank among the training images.
+  ``common.data.prepare`` stores each image's stable key there (CIFAR ``'train_00042'``, the
+  position in the pickle; CUB the path under ``images/``): TFDS writes records shuffled, so the
+  row is not the source order. Raises UserError for a copy without keys.
   """
-  tables = {}
-  for name in ('images.txt', 'train_test_split.txt'):
-    p = os.path.join(cub_root, name)
-    if not os.path.exists(p):
-      raise UserError(f'{p} not found: method.cub_root must be the extracted CUB_200_2011 '
-                      'directory the data set was prepared from')
-    with open(p) as f:
-      tables[name] = dict(l.split(None, 1) for l in f if l.strip())
-  rows, r = {}, 0
-  for i in sorted(tables['images.txt'], key=int):
-    if tables['train_test_split.txt'][i].strip() == '1':
-      rows[tables['images.txt'][i].strip()] = r
-      r += 1
-  return rows
+  import tensorflow_datasets as tfds
+  from common.data import tfds_source
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or tfds_source.default_data_dir()))
+  path = tfds_source.find_prepared(name, data_dir)
+  if path is None:
+    raise UserError(str(tfds_source.missing_error(name, data_dir)))
+  builder = tfds.builder_from_directory(path)
+  if 'id' not in builder.info.features.keys():
+    raise UserError(f'the prepared {name} copy at {path} has no image keys (its records lack the '
+                    f'"id" feature): prepare it again with '
+                    f'{tfds_source.prepare_command(name, data_dir)}')
+  decoders = {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
+              if isinstance(f, tfds.features.Image)}
+  src = builder.as_data_source(tfds_source.TFDS_DATASETS[name].tfds_splits[split],
+                               decoders=decoders or None)
+  out = {}
+  for lo in range(0, len(src), 4096):
+    for i, ex in enumerate(src.__getitems__(list(range(lo, min(lo + 4096, len(src)))))):
+      k = ex['id']
+      out[k.decode() if isinstance(k, bytes) else str(k)] = lo + i
+  return out
+
+
+def cifar_key(key: str) -> str:
+  """A CIFAR-100 list entry (an index into the training pickle) -> its record key
+  ``'train_<index:05d>'``; UserError for a non-integer."""
+  try:
+    return f'train_{int(key):05d}'
+  except ValueError:
+    raise UserError(f'image {key!r} is not a CIFAR-100 training index') from None
 
 
 def cub_key(key: str) -> str:
@@ -202,7 +204,7 @@ def cub_key(key: str) -> str:
 
 def from_index_lists(name: str, train: pipeline.Dataset, test: pipeline.Dataset, list_dir: str,
                      key_rows, base_classes: int, way: int, shot: int, sessions: int,
-                     seed: int = 0) -> Protocol:
+                     seed: int = 0, labelled: Optional[bool] = None) -> Protocol:
   """A protocol from the session files of ``list_dir``.
 
   Args:
@@ -212,6 +214,8 @@ def from_index_lists(name: str, train: pipeline.Dataset, test: pipeline.Dataset,
     key_rows: ``(entries, list_path) -> rows [n]`` mapping a list's keys to training rows.
     base_classes, way, shot, sessions: the protocol.
     seed: draws ``shot`` images per class when a list holds more (LEC's lists).
+    labelled: True: every line must carry a label (LEC's format); False: none may (TOPIC's);
+      None: either.
   """
   files = session_files(list_dir, sessions)
   stored = train.labels()
@@ -220,6 +224,11 @@ def from_index_lists(name: str, train: pipeline.Dataset, test: pipeline.Dataset,
     entries = read_index_list(path)
     if not entries:
       raise UserError(f'index list {path} is empty')
+    if labelled is not None:
+      bad = next((k for k, lab in entries if (lab is None) == labelled), None)
+      if bad is not None:
+        fmt = '"<image> <label>" (LEC)' if labelled else '"<image>" (TOPIC/CEC)'
+        raise UserError(f'{path}: image {bad}: expected {fmt} lines')
     rows = key_rows(entries, path)
     for (key, new), row in zip(entries, rows):
       old = int(stored[row])
@@ -308,11 +317,15 @@ def mini_imagenet_splits(root: str, seed: int = 0, image_size: int = 84
 
 
 def name_rows(lookup: Dict[str, int], key_fn, dataset: str):
-  """``key_rows`` for path-keyed lists: each key through ``key_fn`` into ``lookup``."""
+  """``key_rows`` for :func:`from_index_lists`: each list entry through ``key_fn`` (list entry ->
+  record key) into ``lookup`` (record key -> row)."""
   def rows(entries, list_path):
     out = []
     for key, _ in entries:
-      k = key_fn(key)
+      try:
+        k = key_fn(key)
+      except UserError as e:
+        raise UserError(f'{list_path}: {e}') from None
       if k not in lookup:
         raise UserError(f'{list_path}: image {key} not found among the {len(lookup)} prepared '
                         f'{dataset} training images (looked up as {k!r})')

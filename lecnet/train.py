@@ -22,8 +22,9 @@ a killed run resumes inside the stage where it stopped):
     features (temperature 16), nothing trained (its stages run one frozen step so that they are
     ordinary runs with an evaluation); it has its own ``prototype_session0``.
 
-An incremental LEC "epoch" is one full-batch step on the session's images (batch 128 > 5 x 10); the
-engine evaluates and checkpoints every ``method.passes_per_epoch`` of them. After the run,
+An incremental LEC "epoch" (and a fine-tuning step) is one full-batch step on the session's images
+(batch 128 > 5 x 10); the engine evaluates and checkpoints every ``method.passes_per_epoch`` of
+them. After the run,
 ``sessions.json`` / ``sessions.md`` hold the per-session table (joint accuracy, LEC's
 class-weighted accuracy, base / old / new accuracy, PD, active gates) and
 ``accuracy_vs_session.png`` the plot.
@@ -87,7 +88,7 @@ def build_protocol(config) -> protocol_lib.Protocol:
                                       'miniImageNet')
     return protocol_lib.from_index_lists(name, tr, te, m.index_list_dir, key_rows, base, way,
                                          shot, sessions, seed=int(config.seed))
-  if config.dataset.name != (name if name != 'digits' else 'digits'):
+  if config.dataset.name != name:
     raise UserError(f'method.protocol={name!r} needs dataset.name={name!r}; got '
                     f'{config.dataset.name!r}')
   tr = train.load_dataset(config, 'train')
@@ -97,19 +98,18 @@ def build_protocol(config) -> protocol_lib.Protocol:
   if not m.get('index_list_dir', ''):
     raise UserError(f'method.index_list_dir is empty: point it at the TOPIC/CEC index_list '
                     f'folder of {name} (session_1.txt ... session_{sessions + 1}.txt)')
+  lookup = protocol_lib.record_keys(name, config.dataset.get('data_dir', ''), 'train')
+  labelled = False
   if name == 'cifar100':
-    key_rows = lambda entries, path: protocol_lib.cifar_key_rows(entries, path, tr.num_examples)
+    key_rows = protocol_lib.name_rows(lookup, protocol_lib.cifar_key, 'CIFAR-100')
   else:
     lists = m.get('cub_lists', 'topic')
     if lists not in CUB_LISTS:
       raise UserError(f'method.cub_lists must be one of {list(CUB_LISTS)}; got {lists!r}')
-    if not m.get('cub_root', ''):
-      raise UserError('method.cub_root is empty: point it at the extracted CUB_200_2011 '
-                      'directory (its images.txt maps the lists onto the prepared records)')
-    key_rows = protocol_lib.name_rows(protocol_lib.cub_path_rows(m.cub_root),
-                                      protocol_lib.cub_key, 'CUB-200-2011')
+    key_rows = protocol_lib.name_rows(lookup, protocol_lib.cub_key, 'CUB-200-2011')
+    labelled = lists == 'lec'
   return protocol_lib.from_index_lists(name, tr, te, m.index_list_dir, key_rows, base, way,
-                                       shot, sessions, seed=int(config.seed))
+                                       shot, sessions, seed=int(config.seed), labelled=labelled)
 
 
 def _mask(params, trained: Sequence[str]):
@@ -139,7 +139,7 @@ class FSCILMethod(train.Method):
     if not 0.0 <= self.r <= 1.0:
       raise UserError(f'method.r must be in [0, 1] (a fraction of the {self.nodes} nodes); got '
                       f'{self.r}')
-    self.passes = int(m.passes_per_epoch) if arm in LEC_ARMS else 1
+    self.passes = int(m.passes_per_epoch) if arm in LEC_ARMS + ('finetune',) else 1
     if self.passes < 1:
       raise UserError(f'method.passes_per_epoch must be >= 1; got {self.passes}')
     self.lec_train_node = bool(m.train_node)
@@ -148,7 +148,7 @@ class FSCILMethod(train.Method):
   def datasets(self):
     s = self.session
     tr = self.proto.train[s]
-    if self.arm in LEC_ARMS and s:
+    if self.passes > 1 and s:
       tr = tr.repeated(self.passes)
     out = {'train': tr, 'test': self.proto.test_set(s)}
     if self.arm == 'prototype':
@@ -367,7 +367,11 @@ def stage_config(config, session: int, arm: str, num_examples: int):
     opt = m.session_optimizer
     batch = int(m.session_batch_size)
   elif arm == 'finetune':
-    c.num_epochs = int(m.finetune_epochs)
+    epochs, passes = int(m.finetune_epochs), int(m.passes_per_epoch)
+    if epochs < 1 or epochs % passes:
+      raise UserError(f'method.finetune_epochs={epochs} must be a positive multiple of '
+                      f'method.passes_per_epoch={passes}')
+    c.num_epochs = epochs // passes
     opt = m.finetune_optimizer
     batch = int(m.session_batch_size)
   else:

@@ -36,9 +36,8 @@ def lecnet_config(*, protocol: str, dataset: str, model: str, base_classes: int,
   m.way = way
   m.shot = shot
   m.sessions = sessions
-  # TOPIC/CEC index_list/<dataset> folder (session_1.txt ...); CUB also needs its metadata.
+  # TOPIC/CEC index_list/<dataset> folder (session_1.txt ...) or LEC's data_list/.../Seed_k.
   m.index_list_dir = ''
-  m.cub_root = ''
   m.cub_lists = 'topic'                 # 'topic' (fixed TOPIC lists) | 'lec' (LEC's Seed_k lists)
   m.mini_imagenet_root = ''
   m.backbone_checkpoint = ''            # converted pretrained backbone (.npz / workdir)
