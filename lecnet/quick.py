@@ -102,8 +102,8 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
   if smoke:
     checks['LEC-Net beats Ft-CNN after the incremental session (joint accuracy)'] = (
         mean('lec') > mean('finetune'))
-    checks['the base session learns the base digits (joint accuracy >= 0.9)'] = (
-        mean('lec', 'acc_s0') >= 0.9)
+    checks['the base session learns the base digits (joint accuracy >= 0.8; chance 0.25)'] = (
+        mean('lec', 'acc_s0') >= 0.8)
   else:
     r_budget = float(config_for(seeds[0], smoke).method.r)
     checks["LEC-Net's last-session accuracy beats Ft-CNN's by >= 15 points (mean over seeds)"] = (

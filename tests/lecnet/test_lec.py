@@ -201,3 +201,23 @@ def test_weighted_equals_joint_on_class_balanced_test_sets():
   out = metrics.summarize(c, n, base, way)
   assert out['acc_weighted'] == pytest.approx(out['acc_joint'], abs=1e-9)
   assert out['acc_joint'] == pytest.approx(np.mean(preds == labels))
+
+
+def test_compact_export_matches_gated_heads():
+  from lecnet import bench, compact_branches, compact_logits
+  params, gates = bench.build(features=12, nodes=10, base=4, way=2, sessions=3, active=0.3)
+  gates[2, 0] = 0.004                      # a nearly-off gate: dropped, within its bound
+  x = np.random.RandomState(5).rand(6, 12).astype(np.float32)
+  s = 3
+  u = x @ params['node']
+  a = [x @ params[f'expand_{j}'] for j in range(1, s + 1)]
+  want = np.concatenate([np_normalize(u) @ params['head_0']] + [
+      np_normalize(0.6 * u + gates[j] * a[j - 1]) @ params[f'head_{j}'] for j in range(1, s + 1)],
+      1)
+  br = compact_branches(params, gates, s)
+  assert [len(b['index']) for b in br] == [3, 3, 3]
+  assert br[1]['dropped_max'] == pytest.approx(0.004)
+  got = np.asarray(compact_logits(jnp.asarray(x), jax.tree.map(jnp.asarray, params), br))
+  np.testing.assert_allclose(got[:, :4 + 2 * 1], want[:, :6], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[:, 8:], want[:, 8:], rtol=1e-5, atol=1e-5)
+  assert np.abs(got[:, 6:8] - want[:, 6:8]).max() < 0.05    # session 2 drops A = 0.004
