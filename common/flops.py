@@ -38,7 +38,9 @@ CONVENTIONS = ('thop', 'macs')
 # Input size and classes of the data sets the papers report on (``common.data`` names).
 DATASETS = {'cifar10': ((32, 32), 10), 'cifar100': ((32, 32), 100),
             'imagenet2012': ((224, 224), 1000), 'digits': ((32, 32), 10),
-            'caltech_birds2011': ((224, 224), 200)}
+            'caltech_birds2011': ((224, 224), 200),
+            # miniImageNet (FSCIL; read from an image folder by lecnet.protocol, not common.data).
+            'mini_imagenet': ((84, 84), 100)}
 
 
 def layer_flops(spec, convention: str = 'thop') -> int:

@@ -122,12 +122,14 @@ class Dataset:
     rows: the storage rows of this split, in their evaluation order (default ``arange(n)``).
     labels_fn: ``labels_fn(rows) -> int labels`` without decoding images (for :meth:`labels`).
     prefetch: batches prepared ahead in a background thread (0 = synchronous).
+    passes: shuffled passes over the examples per training epoch (see :meth:`repeated`).
   """
 
   def __init__(self, name: str, num_classes: int, image_shape: Sequence[int], get: GetFn, *,
                rows: np.ndarray, labels_fn: Callable[[np.ndarray], np.ndarray], split: str = '',
                seed: int = 0, prefetch: int = 2,
-               normalization: Tuple[np.ndarray, np.ndarray] = NORMALIZATIONS['none']):
+               normalization: Tuple[np.ndarray, np.ndarray] = NORMALIZATIONS['none'],
+               passes: int = 1):
     self.name = name
     self.num_classes = int(num_classes)
     self.image_shape = tuple(int(s) for s in image_shape)
@@ -139,6 +141,9 @@ class Dataset:
     self._rows = np.asarray(rows, np.int64)
     self._labels_fn = labels_fn
     self._labels = None
+    if not isinstance(passes, (int, np.integer)) or passes < 1:
+      raise ValueError(f'passes must be a positive integer; got {passes!r}')
+    self.passes = int(passes)
 
   @property
   def num_examples(self) -> int:
@@ -169,13 +174,62 @@ class Dataset:
                        f'[{idx.min()}, {idx.max()}]')
     out = Dataset(self.name, self.num_classes, self.image_shape, self._get, rows=self._rows[idx],
                   labels_fn=self._labels_fn, split=f'{self.split}<subset of {idx.size}>',
-                  seed=self.seed, prefetch=self.prefetch, normalization=self.normalization)
+                  seed=self.seed, prefetch=self.prefetch, normalization=self.normalization,
+                  passes=self.passes)
     if self._labels is not None:
       out._labels = self._labels[idx]
     return out
 
+  def relabeled(self, table) -> 'Dataset':
+    """The same examples with every label ``y`` replaced by ``table[y]``.
+
+    ``table``: int array-like indexed by the stored labels (e.g. a class permutation of
+    class-incremental sessions); a stored label outside it raises ValueError when read.
+    """
+    table = np.asarray(table, np.int64).reshape(-1)
+    get, labels_fn = self._get, self._labels_fn
+
+    def mapped(labels):
+      labels = np.asarray(labels, np.int64)
+      if labels.size and (labels.min() < 0 or labels.max() >= len(table)):
+        raise ValueError(f'label {int(labels.max())} outside the relabelling table of '
+                         f'{len(table)} entries')
+      return table[labels].astype(np.int32)
+
+    def get_mapped(r, train, seeds):
+      images, labels = get(r, train, seeds)
+      return images, mapped(labels)
+
+    out = Dataset(self.name, int(max(self.num_classes, table.max() + 1 if table.size else 0)),
+                  self.image_shape, get_mapped, rows=self._rows,
+                  labels_fn=lambda r: mapped(labels_fn(r)), split=f'{self.split}<relabeled>',
+                  seed=self.seed, prefetch=self.prefetch, normalization=self.normalization,
+                  passes=self.passes)
+    if self._labels is not None:
+      out._labels = mapped(self._labels)
+    return out
+
+  def repeated(self, passes: int) -> 'Dataset':
+    """The same split with ``passes`` shuffled passes per training epoch.
+
+    A training epoch then has ``passes * (n // B)`` steps (each pass reshuffled, every batch
+    within one pass; with ``B = n`` every step is one full-batch pass); evaluation still reads the
+    examples once. For methods whose own "epoch" is one full-batch step over a few-shot set, so
+    that the engine evaluates and checkpoints every ``passes`` of them.
+    """
+    out = self.subset(np.arange(self.num_examples))
+    out.split = self.split
+    if not isinstance(passes, (int, np.integer)) or passes < 1:
+      raise ValueError(f'passes must be a positive integer; got {passes!r}')
+    out.passes = int(passes)
+    return out
+
   def steps_per_epoch(self, batch_size: int, drop_remainder: bool = True) -> int:
-    """Number of global batches per epoch (``drop_remainder`` drops a short last batch)."""
+    """Number of global batches per training epoch (``drop_remainder`` drops a short last
+    batch of every pass; ``passes`` passes per epoch)."""
+    return self.passes * self._steps_per_pass(batch_size, drop_remainder)
+
+  def _steps_per_pass(self, batch_size: int, drop_remainder: bool) -> int:
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
       raise ValueError(f'batch_size must be a positive integer; got {batch_size!r}')
     if drop_remainder:
@@ -203,7 +257,9 @@ class Dataset:
     Yields:
       ``{'image': float32 [B/P, H, W, C], 'label': int32 [B/P]}``.
     """
-    steps = self.steps_per_epoch(batch_size, drop_remainder)
+    per_pass = self._steps_per_pass(batch_size, drop_remainder)
+    passes = self.passes if train else 1
+    steps = per_pass * passes
     if not isinstance(process_count, (int, np.integer)) or process_count <= 0:
       raise ValueError(f'process_count must be a positive integer; got {process_count!r}')
     if batch_size % process_count:
@@ -213,11 +269,14 @@ class Dataset:
       raise ValueError(f'process_index={process_index} not in [0, {process_count})')
     if not isinstance(epoch, (int, np.integer)) or epoch < 0:
       raise ValueError(f'epoch must be a non-negative integer; got {epoch!r}')
-    order = self.order(epoch, train)
+    orders = [self.order(epoch, train)] + [
+        np.random.RandomState([self.seed, int(epoch), 17, p]).permutation(self.num_examples)
+        for p in range(1, passes)]
     per = batch_size // process_count
 
     def produce(step: int) -> Batch:
-      pos = order[step * batch_size:(step + 1) * batch_size]
+      i = step % per_pass
+      pos = orders[step // per_pass][i * batch_size:(i + 1) * batch_size]
       seeds = np.random.RandomState([self.seed, int(epoch), step, 29]).randint(
           0, 2 ** 31 - 1, size=len(pos), dtype=np.int64)
       lo, hi = process_index * per, (process_index + 1) * per

@@ -19,8 +19,12 @@ Sources:
 
 Nothing is downloaded and TensorFlow is not needed. CIFAR images are stored as uint8 ``Tensor``
 features; ImageNet / CUB images as encoded JPEG ``Image`` features (the original bytes; the few
-CMYK / grey / PNG files are re-encoded as RGB JPEG, as TFDS's own ImageNet builder does). The copy
-is written to ``<data_dir>/<dataset>/1.0.0`` and then read by ``common.data.load``.
+CMYK / grey / PNG files are re-encoded as RGB JPEG, as TFDS's own ImageNet builder does). Every
+record also has an ``id`` text feature, the image's stable key (TFDS stores records shuffled, so
+the record index is not the source order): CIFAR ``'train_00042'`` (the position in the pickle,
+TFDS's own cifar ``id``), CUB the path under ``images/`` (``'001.Black_footed_Albatross/x.jpg'``),
+ImageNet the path under the split folder; a TFDS copy's ``id`` / ``image/filename`` is kept. The
+copy is written to ``<data_dir>/<dataset>/1.0.0`` and then read by ``common.data.load``.
 """
 from __future__ import annotations
 
@@ -45,9 +49,10 @@ Examples = Callable[[], Iterator[Tuple[object, int]]]
 def make_builder(name: str, splits: Dict[str, Examples], num_classes: Optional[int] = None):
   """An unregistered array_record ``GeneratorBasedBuilder`` class for ``name``.
 
-  Features: ``image`` (uint8 ``Tensor[32, 32, 3]`` for CIFAR, JPEG ``Image`` otherwise) and
-  ``label`` (``ClassLabel``); ``splits`` maps TFDS split names to generators of
-  ``(image, label)``. Instantiate with ``(data_dir=..., file_format='array_record')``.
+  Features: ``image`` (uint8 ``Tensor[32, 32, 3]`` for CIFAR, JPEG ``Image`` otherwise),
+  ``label`` (``ClassLabel``) and ``id`` (``Text``, the image's stable key); ``splits`` maps TFDS
+  split names to generators of ``(image, label)`` or ``(image, label, key)`` (no key: ``''``).
+  Instantiate with ``(data_dir=..., file_format='array_record')``.
   """
   import tensorflow_datasets as tfds
   info = TFDS_DATASETS[name]
@@ -70,15 +75,17 @@ def make_builder(name: str, splits: Dict[str, Examples], num_classes: Optional[i
       return tfds.core.DatasetInfo(
           builder=self, features=tfds.features.FeaturesDict({
               'image': image_feature,
-              'label': tfds.features.ClassLabel(num_classes=n_classes)}),
+              'label': tfds.features.ClassLabel(num_classes=n_classes),
+              'id': tfds.features.Text()}),
           supervised_keys=('image', 'label'))
 
     def _split_generators(self, dl_manager):
       return {split: self._generate_examples(fn) for split, fn in splits.items()}
 
     def _generate_examples(self, fn):
-      for i, (image, label) in enumerate(fn()):
-        yield i, {'image': image, 'label': int(label)}
+      for i, ex in enumerate(fn()):
+        key = ex[2] if len(ex) > 2 else ''
+        yield i, {'image': ex[0], 'label': int(ex[1]), 'id': str(key)}
 
   return ArrayRecordCopy
 
@@ -139,11 +146,14 @@ def cifar_splits(name: str, source: str) -> Dict[str, Examples]:
 
   def gen(split):
     def fn():
+      i = 0
       for n in files[split]:
         d = members[n]
         # Rows are 3072 bytes: the 1024 R, then G, then B values of a 32x32 image (row-major).
         imgs = np.asarray(d[b'data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        yield from zip(imgs, d[key])
+        for img, label in zip(imgs, d[key]):
+          yield img, label, f'{split}_{i:05d}'
+          i += 1
     return fn
 
   return {s: gen(s) for s in files}
@@ -180,7 +190,7 @@ def imagefolder_splits(source: str, split_dirs: Dict[str, str]) -> Tuple[Dict[st
         if not os.path.isdir(cdir):
           continue
         for f in sorted(os.listdir(cdir)):
-          yield rgb_jpeg(_read(os.path.join(cdir, f))), index[c]
+          yield rgb_jpeg(_read(os.path.join(cdir, f))), index[c], f'{c}/{f}'
     return fn
 
   return {s: gen(d) for s, d in dirs.items()}, len(classes)
@@ -202,8 +212,8 @@ def cub_splits(source: str) -> Dict[str, Examples]:
     def fn():
       for i in sorted(images, key=int):
         if (is_train[i].strip() == '1') == train:
-          path = os.path.join(source, 'images', images[i].strip())
-          yield rgb_jpeg(_read(path)), int(labels[i]) - 1
+          rel = images[i].strip()
+          yield rgb_jpeg(_read(os.path.join(source, 'images', rel))), int(labels[i]) - 1, rel
     return fn
 
   return {'train': gen(True), 'test': gen(False)}
@@ -230,7 +240,8 @@ def find_tfds_copy(name: str, source: str) -> Optional[str]:
 def tfds_copy_splits(name: str, version_dir: str) -> Tuple[Dict[str, Examples], Optional[int]]:
   """``{tfds split: fn}`` of ``(image, label)`` read from a TFDS copy (tfrecord or array_record).
 
-  Images come out as encoded bytes (``Image`` features are not decoded) or arrays (``Tensor``).
+  Images come out as encoded bytes (``Image`` features are not decoded) or arrays (``Tensor``);
+  the key is the copy's ``id`` or ``image/filename`` feature (``''`` when it has neither).
   """
   import tensorflow_datasets as tfds
   builder = tfds.builder_from_directory(version_dir)
@@ -245,6 +256,13 @@ def tfds_copy_splits(name: str, version_dir: str) -> Tuple[Dict[str, Examples], 
     raise ValueError(f'{version_dir} lacks split(s) {missing}; it has '
                      f'{sorted(builder.info.splits.keys())}')
   fmt = str(getattr(builder.info.file_format, 'value', builder.info.file_format))
+  key_name = next((k for k in ('id', 'image/filename') if k in features.keys()), None)
+
+  def key_of(ex):
+    if key_name is None:
+      return ''
+    k = ex[key_name]
+    return k.decode() if isinstance(k, bytes) else str(k)
 
   def gen(split):
     def fn():
@@ -252,7 +270,7 @@ def tfds_copy_splits(name: str, version_dir: str) -> Tuple[Dict[str, Examples], 
         src = builder.as_data_source(split, decoders=decoders or None)
         for i in range(len(src)):
           ex = src[i]
-          yield ex['image'], int(ex['label'])
+          yield ex['image'], int(ex['label']), key_of(ex)
         return
       if fmt != 'tfrecord':
         raise ValueError(f'{version_dir}: unsupported file format {fmt!r}')
@@ -260,7 +278,7 @@ def tfds_copy_splits(name: str, version_dir: str) -> Tuple[Dict[str, Examples], 
       for p in paths:
         for record in tfrecord.read_records(os.fspath(p)):
           ex = features.deserialize_example_np(record, decoders=decoders or None)
-          yield ex['image'], int(ex['label'])
+          yield ex['image'], int(ex['label']), key_of(ex)
     return fn
 
   return {s: gen(s) for s in wanted}, getattr(features['label'], 'num_classes', None)
@@ -302,7 +320,8 @@ def prepare(name: str, source: str, data_dir: str) -> str:
       raise ValueError(f'--source {copy} is the output directory itself')
     raw, num_classes = tfds_copy_splits(name, copy)
     convert = _as_cifar_array if small else _as_jpeg
-    splits = {s: (lambda fn=fn: ((convert(im), y) for im, y in fn())) for s, fn in raw.items()}
+    splits = {s: (lambda fn=fn: ((convert(im), y, k) for im, y, k in fn()))
+              for s, fn in raw.items()}
   elif name in ('cifar10', 'cifar100'):
     splits = cifar_splits(name, source)
   elif name == 'imagenet2012':

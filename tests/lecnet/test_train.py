@@ -1,0 +1,137 @@
+"""End to end: the LEC-Net quick experiment at smoke size (digits, base + one 2-way 5-shot session,
+LEC-Net and Ft-CNN), then the properties of its checkpoints: frozen backbone bit-identical, old
+logits unchanged, stored gates used at test time, per-session report, clear errors."""
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common import train
+from common.train import UserError
+from lecnet import quick
+from lecnet import train as lec_train
+from lecnet.model import LECNet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('lecnet_quick'))
+  return wd, quick.run(wd, seeds=(0,), smoke=True)
+
+
+def test_smoke_outcome(smoke):
+  wd, out = smoke
+  assert set(out) == {'rows', 'plots', 'checks'}
+  by = {r['arm']: r for r in out['rows']}
+  assert set(by) == {'lec', 'finetune'}
+  assert by['lec']['acc_s0'] >= 0.8                 # 4 base digits (chance 0.25)
+  assert by['lec']['top1'] > by['finetune']['top1']  # Ft-CNN forgets the base digits
+  assert out['checks'] and all(out['checks'].values()), out['checks']
+  for p in out['plots']:
+    assert os.path.getsize(p) > 1000
+
+
+def test_backbone_and_old_branches_are_bit_identical_across_sessions(smoke):
+  wd, _ = smoke
+  base = train.load_state(os.path.join(wd, 'seed0', 'session_0'))
+  lec = train.load_state(os.path.join(wd, 'seed0', 'lec_session1'))
+  ft = train.load_state(os.path.join(wd, 'seed0', 'finetune_session1'))
+
+  def same(a, b):
+    la, lb = jax_leaves(a), jax_leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+  for k in ('net', 'node', 'head_0'):
+    assert same(base['params'][k], lec['params'][k]), k
+  assert same(base['batch_stats'], lec['batch_stats'])
+  for k in ('expand_1', 'head_1'):
+    assert not same(base['params'][k], lec['params'][k]), k
+  # The fine-tuning baseline does move the backbone and its BN statistics.
+  assert not same(base['params']['net'], ft['params']['net'])
+  assert not same(base['batch_stats'], ft['batch_stats'])
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_old_class_logits_unchanged_and_stored_gate_used(smoke):
+  wd, _ = smoke
+  c = quick.config_for(0, smoke=True)
+  proto = lec_train.build_protocol(c)
+  model = LECNet('resnet8', 4, 2, 1, 64)
+  base = train.load_state(os.path.join(wd, 'seed0', 'session_0'))
+  lec = train.load_state(os.path.join(wd, 'seed0', 'lec_session1'))
+  gates = jnp.asarray(lec['extra']['gates'])
+  assert gates.shape == (2, 64)
+  np.testing.assert_array_equal(np.asarray(gates[0]), 1.0)
+  g1 = np.asarray(gates[1])
+  assert ((g1 > 0) & (g1 < 1)).all()
+  images = next(proto.test_set(1).batches(64, epoch=0, train=False))['image']
+  v0 = {'params': base['params'], 'batch_stats': base['batch_stats']}
+  v1 = {'params': lec['params'], 'batch_stats': lec['batch_stats']}
+  l0, _ = model.apply(v0, images, session=0, gates=gates)
+  l1, alpha = model.apply(v1, images, session=1, gates=gates)
+  assert l1.shape == (64, 6)
+  np.testing.assert_allclose(np.asarray(l1[:, :4]), np.asarray(l0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(alpha), g1)
+  # The run's reported active fraction is that of the stored gate.
+  with open(os.path.join(wd, 'seed0', 'lec_session1', 'results.json')) as f:
+    res = json.load(f)
+  assert res['active_fraction'] == pytest.approx(float((g1 > 0.5).mean()))
+  # Its joint accuracy is what the stored-gate model predicts on the joint test set.
+  ds = proto.test_set(1)
+  pred, lab = [], []
+  for b in ds.batches(128, epoch=0, train=False, drop_remainder=False):
+    pred.append(np.asarray(model.apply(v1, b['image'], session=1, gates=gates)[0]).argmax(1))
+    lab.append(b['label'])
+  acc = float(np.mean(np.concatenate(pred) == np.concatenate(lab)))
+  with open(os.path.join(wd, 'seed0', 'sessions.json')) as f:
+    table = json.load(f)
+  assert table['lec'][1]['acc_joint'] == pytest.approx(acc, abs=1e-6)
+  assert table['lec'][1]['test_top1'] == pytest.approx(acc, abs=1e-6)
+
+
+def test_report_files_schedule_and_rerun_resumes(smoke):
+  wd, _ = smoke
+  run_dir = os.path.join(wd, 'seed0')
+  for f in ('sessions.json', 'sessions.md', 'accuracy_vs_session.png', 'stages.json'):
+    assert os.path.exists(os.path.join(run_dir, f)), f
+  rows = train.read_metrics(os.path.join(run_dir, 'lec_session1'))
+  c = quick.config_for(0, smoke=True)
+  assert len(rows) == c.method.session_epochs // c.method.passes_per_epoch
+  assert all(0 < r['active_fraction'] < 1 and r['penalty'] >= 0 for r in rows)
+  before = json.load(open(os.path.join(run_dir, 'sessions.json')))
+  again = lec_train.run(c, run_dir)       # every stage is finished: nothing retrains
+  assert json.dumps(again['table'], sort_keys=True) == json.dumps(before, sort_keys=True)
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+  c = quick.config_for(0, smoke=True)
+  c.method.arms = 'lec,bogus'
+  with pytest.raises(UserError, match=r"method.arms must be a comma-separated subset of "
+                                      r"\['lec', .*got 'lec,bogus'"):
+    lec_train.stages(c, str(tmp_path))
+  c = quick.config_for(0, smoke=True)
+  c.method.protocol = 'imagenet'
+  with pytest.raises(UserError, match="method.protocol must be one of"):
+    lec_train.build_protocol(c)
+  c = quick.config_for(0, smoke=True)
+  c.method.session_epochs = 30
+  with pytest.raises(UserError, match='session_epochs=30 must be a positive multiple of '
+                                      'method.passes_per_epoch=25'):
+    lec_train.stages(c, str(tmp_path))
+  p = subprocess.run([sys.executable, '-m', 'lecnet.train', f'--workdir={tmp_path / "w"}',
+                      '--config=lecnet/configs/digits.py', '--config.method.r=1.5'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2
+  errors = [l for l in p.stderr.splitlines() if l.startswith('error:')]
+  assert errors == ['error: method.r must be in [0, 1] (a fraction of the 64 nodes); got 1.5'], \
+      p.stderr[-2000:]
