@@ -29,6 +29,7 @@ environment variable ``XLA_EXT_BINCONV_ISA`` (read at each call, i.e. at trace t
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -107,6 +108,7 @@ def num_words(channels: int) -> int:
   return -(-int(channels) // WORD_BITS)
 
 
+@jax.jit
 def pack_bits(x: jax.Array) -> jax.Array:
   """Packs the signs of ``x [..., C]`` (last axis) into uint32 ``[..., ceil(C / 32)]``.
 
@@ -125,6 +127,7 @@ def pack_bits(x: jax.Array) -> jax.Array:
   return jnp.sum(bits << shifts, axis=-1, dtype=jnp.uint32)
 
 
+@functools.partial(jax.jit, static_argnames=('channels', 'dtype'))
 def unpack_bits(words: jax.Array, channels: int, dtype=jnp.float32) -> jax.Array:
   """Inverse of :func:`pack_bits`: uint32 ``[..., W]`` -> ``{-1, +1}`` ``[..., channels]``."""
   if channels < 1 or num_words(channels) != words.shape[-1]:
@@ -242,6 +245,7 @@ def epilogue(acc: jax.Array, alpha, bn=None, residual=None, activation='none', s
   return y
 
 
+@functools.partial(jax.jit, static_argnames=('stride',))
 def binary_dot_jax(x: jax.Array, packed: PackedConv, stride: int) -> jax.Array:
   """Pure-JAX integer count ``sum_{t valid} (c_in - 2 popcount(x[p + t] ^ w[t]))`` -> int32
   ``[B, Ho, Wo, C_out]``: the XOR-popcount per tap (``lax.population_count``) on shifted views of

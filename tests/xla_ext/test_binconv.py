@@ -62,7 +62,7 @@ def test_pack_bits_layout():
   np.testing.assert_array_equal(back, np.where(x < 0, -1.0, 1.0))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(shape=st.lists(st.integers(1, 5), min_size=0, max_size=2), c=st.integers(1, 130),
        seed=st.integers(0, 2**16))
 def test_pack_unpack_roundtrip(shape, c, seed):
@@ -113,7 +113,7 @@ def _run(x, wt, alpha, bn, residual, activation, slope, stride, **kw):
 PATHS = [dict(backend='ffi', isa=i) for i in ISAS] + [dict(backend='jax')]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(b=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9),
        c_in=st.one_of(st.integers(1, 70), st.sampled_from([32, 64, 96, 127])),
        c_out=st.integers(1, 40), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
