@@ -18,3 +18,4 @@ from recu import models  # noqa: F401  (registers the recu_* networks)
 __all__ = ['SCALE', 'TAU_MAX', 'TAU_MIN', 'binarize_weight', 'clamp_threshold', 'dead_fraction',
            'layer_diagnostics', 'quantization_error', 'recu_activation', 'recu_clamp',
            'sign_weight', 'standardize', 'tau_schedule', 'weight_entropy']
+from recu.export_binary import export_binary  # noqa: E402,F401  (bit-packed inference, xla_ext.binconv)

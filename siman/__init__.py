@@ -24,3 +24,4 @@ __all__ = ['CODE_METHODS', 'PERCENT_MAX', 'SIMAN_TRAINING', 'angle_alignment_k',
            'is_binary_kernel', 'laplace_fit', 'percent_schedule', 'percentile_of_sorted',
            'project', 'project_params', 'reproject_params', 'siman_activation', 'siman_binarize',
            'standardized_magnitude', 'straight_through_code']
+from siman.export_binary import export_binary  # noqa: E402,F401  (bit-packed inference, xla_ext.binconv)

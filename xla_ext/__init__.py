@@ -303,3 +303,5 @@ def depthwise3x3_cf(x: jax.Array, kernel: jax.Array, bias: jax.Array, hw, stride
 
 
 _load()
+
+from xla_ext import binconv  # noqa: E402,F401  (the bit-packed binary conv; registers its target)

@@ -19,8 +19,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # compiled with `#pragma GCC target`, never with -m flags, so one build runs on every x86-64 CPU
 # and the instruction set is chosen at run time (__builtin_cpu_supports in bsmm_ffi.cc).
 SOURCES = ('bsmm_ffi.cc', 'bsmm_generic.cc', 'bsmm_avx2.cc', 'bsmm_avx512.cc')
+# The bit-packed binary conv (binconv.h): its handler and its three kernels, built the same way.
+SOURCES += ('binconv_ffi.cc', 'binconv_generic.cc', 'binconv_avx2.cc', 'binconv_avx512.cc')
 HEADERS = ('bsmm.h', 'bsmm_impl.h', 'bsmm_cf_impl.h', 'bsmm_avx_pack.h', 'depthwise3x3.h',
            'depthwise3x3_impl.h')
+HEADERS += ('binconv.h', 'binconv_impl.h')
 CXXFLAGS = ('-O3', '-std=c++17', '-fPIC', '-fvisibility=hidden', '-fno-math-errno')
 # The package-relative name setuptools gives the built library (plus the interpreter's suffix).
 EXTENSION_NAME = 'xla_ext._bsmm'
