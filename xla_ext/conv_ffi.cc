@@ -17,7 +17,7 @@
 // Threads: the batch is cut into fixed chunks (MakeChunks) run by single-threaded oneDNN calls on
 // the calling thread and XLA's intra-op pool, claimed dynamically. oneDNN's own OpenMP team was
 // measured first: on a 2-core machine shared with other processes its barriers wait for
-// descheduled threads (a 25-image 5x5x7 weight gradient took 6-15 ms instead of 0.02 ms), and its
+// descheduled threads (a 3-image 5x5x7 weight gradient took 6-15 ms instead of 0.02 ms), and its
 // threads compete with XLA's pool, which the chunks reuse instead.
 //
 // Activations stay NHWC (any other layout would cost a reorder pass over every activation, which
