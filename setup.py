@@ -46,6 +46,14 @@ class BuildFfiExt(build_ext):
                 f'`pip install --no-build-isolation -e .`, or let `import xla_ext` compile it')
       return
     ext.include_dirs = [include_dir, os.path.join(HERE, 'xla_ext')]
+    if ext.name == _build.CONV_EXTENSION_NAME:   # the training convolutions link oneDNN
+      dirs = _build.onednn_dirs()
+      if dirs is None:
+        self.warn(f'skipping {ext.name}: oneDNN not found (`pip install onednn-cpu-gomp '
+                  f'onednn-devel-cpu-gomp`); the zoo\'s convs then use XLA\'s convolution')
+        return
+      ext.include_dirs.append(dirs[0])
+      ext.extra_link_args = _build.conv_link_args(dirs[1])
     try:
       super().build_extension(ext)
     except Exception as e:  # pylint: disable=broad-except
@@ -65,7 +73,15 @@ setup(
             language='c++',
             extra_compile_args=list(_build.CXXFLAGS),
             optional=True,
-        )
+        ),
+        Extension(
+            _build.CONV_EXTENSION_NAME,
+            sources=[os.path.join('xla_ext', f) for f in _build.CONV_SOURCES],
+            depends=[os.path.join('xla_ext', f) for f in _build.CONV_HEADERS],
+            language='c++',
+            extra_compile_args=list(_build.CXXFLAGS),
+            optional=True,
+        ),
     ],
     cmdclass={'build_ext': BuildFfiExt},
 )

@@ -3,12 +3,21 @@
   python -m common.bench [--models=resnet20,resnet56] [--batch=128] [--steps=8] [--variants=all]
   python -m common.bench --engine_overhead
   python -m common.bench --checkpoint --models=resnet20   # checkpoint verification cost
+  python -m common.bench --cpu_conv [--models=resnet20,resnet56,vgg_tiny,mobilenet_v2_narrow]
+                                    # the CPU conv kernels vs XLA vs PyTorch, per layer and per step
 
 First, the engine's own cost: one epoch of ``common.train.run`` on digits against the same number
 of bare calls of its compiled step on the same batches (``engine_overhead``). Then, for each model: compile time and images/s of the jitted engine train step (the same
 ``make_train_step`` every paper uses: forward, backward, coupled-decay SGD update) at the given
 batch. Each XLA flag variant runs in its own subprocess (XLA reads ``XLA_FLAGS`` once at start-up)
 and is printed as a ratio to the default flags measured in the same run. Printed, not asserted.
+
+``--cpu_conv`` times, side by side in one process: per 3x3 conv layer of the CIFAR ResNets (batch
+128) XLA's forward / input gradient / weight gradient, the same three through the oneDNN kernels
+of ``xla_ext.conv``, the hand-written AVX-512 weight gradient they were chosen over, and PyTorch's
+forward + both gradients; then per model the engine's train step without and with the CPU conv
+path (``common.models.layers.cpu_conv``) and PyTorch's train step on the same network (NCHW, SGD
+with momentum and weight decay, as the official CIFAR code trains), when torch is importable.
 """
 from __future__ import annotations
 
@@ -77,6 +86,259 @@ def measure(model_name: str, batch: int, steps: int) -> dict:
   dt = timing.time_interleaved({'step': one_step}, steps, warmup=1)['step'].median
   return {'model': model_name, 'batch': batch, 'compile_s': compile_s, 'step_ms': dt * 1e3,
           'img_s': batch / dt}
+
+
+def _engine_step(model_name: str, batch: int, use_cpu_conv: bool):
+  """``(one_step, compile_s)``: a zero-argument call of the compiled engine train step of
+  ``model_name`` (its :data:`CPU_CONV_MODELS` config) on a fixed random batch, built with or
+  without the CPU conv kernels."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from common import schedules, train
+  from common.configs import base
+  from common.models import layers
+
+  config = base.get_config()
+  name, widths, kwargs = CPU_CONV_MODELS[model_name]
+  config.model.name = name
+  if widths is not None:
+    config.model.widths = widths
+  config.model.kwargs = dict(kwargs)
+  method = train.Method(config)
+  method.setup(train.RunInfo(num_classes=10, image_shape=(32, 32, 3)))
+  model = method.build_model()
+  x = jnp.asarray(np.random.RandomState(0).randn(batch, 32, 32, 3), jnp.float32)
+  y = jnp.asarray(np.random.RandomState(1).randint(0, 10, batch), jnp.int32)
+  v = method.init_variables(model, jax.random.PRNGKey(0), x[:1])
+  tx = schedules.make_optimizer(config.optimizer, lambda s: 0.1)
+  holder = [train.TrainState(step=jnp.zeros((), jnp.int32), params=v['params'],
+                             batch_stats=v['batch_stats'], opt_state=tx.init(v['params']),
+                             extra={}, rng=jax.random.PRNGKey(0))]
+  batch_d = {'image': x, 'label': y}
+  step = jax.jit(train.make_train_step(method, model, tx, axis_name=None), donate_argnums=(0,))
+  t = time.perf_counter()
+  with layers.cpu_conv(use_cpu_conv):   # the convs are built (and the FFI chosen) while tracing
+    compiled = step.lower(holder[0], batch_d).compile()
+  compile_s = time.perf_counter() - t
+
+  def one_step():
+    holder[0], metrics = compiled(holder[0], batch_d)
+    return metrics
+  return one_step, compile_s
+
+
+# The networks of the quick experiments: (zoo name, widths or None for the default, kwargs).
+CPU_CONV_MODELS = {
+    'resnet20': ('resnet20', None, {}),
+    'resnet56': ('resnet56', None, {}),
+    'vgg_tiny': ('vgg_tiny', None, {}),
+    'mobilenet_v2_narrow': ('mobilenet_v2', {'stem': 32, 'hidden': [32, 128, 192, 192, 256],
+                                             'out': [32, 48, 48, 64, 64], 'last': 128},
+                            {'strides': (1, 2, 1, 2, 1), 'stem_stride': 2}),
+}
+
+
+def _torch_model(model_name: str):
+  """The same network in PyTorch (NCHW): conv/BN/ReLU layout, widths, strides, shortcuts and
+  classifier of the zoo's model (``common.models``); initialisation is PyTorch's (only the step
+  time is compared)."""
+  import torch
+  from torch import nn as tnn
+
+  from common.models import mobilenet_v2, resnet_cifar, vgg
+
+  name, widths, kwargs = CPU_CONV_MODELS[model_name]
+
+  def conv_bn(cin, cout, k, stride=1, groups=1, bias=False):
+    return [tnn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=bias),
+            tnn.BatchNorm2d(cout)]
+
+  if name.startswith('resnet'):
+    depth = int(name[len('resnet'):])
+    stem, stages, inner = resnet_cifar.parse_widths(name, depth,
+                                                    resnet_cifar.uniform_widths(depth, (16, 32, 64)))
+
+    class Block(tnn.Module):
+      def __init__(self, cin, mid, cout, stride):
+        super().__init__()
+        self.body = tnn.Sequential(*conv_bn(cin, mid, 3, stride), tnn.ReLU(),
+                                   *conv_bn(mid, cout, 3))
+        self.stride, self.pad = stride, cout - cin
+
+      def forward(self, x):
+        sc = x[:, :, ::2, ::2] if self.stride == 2 else x   # option A, as the zoo's default
+        if self.pad:
+          sc = torch.nn.functional.pad(sc, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return torch.relu(self.body(x) + sc)
+
+    layers = [*conv_bn(3, stem, 3), tnn.ReLU()]
+    cin = stem
+    for s, (out, inners) in enumerate(zip(stages, inner)):
+      for b, mid in enumerate(inners):
+        layers.append(Block(cin, mid, out, 2 if s > 0 and b == 0 else 1))
+        cin = out
+    return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(cin, 10))
+  if name.startswith('vgg'):
+    ws, pools = vgg.parse(name, vgg.cfg_widths(vgg.CFGS[name]))
+    layers, cin = [], 3
+    for i, w in enumerate(ws):
+      layers += [*conv_bn(cin, w, 3, bias=True), tnn.ReLU()]
+      if i in pools:
+        layers.append(tnn.MaxPool2d(2))
+      cin = w
+    return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(cin, 10))
+  stem, hidden, out, last, strides, stem_stride = mobilenet_v2.parse(
+      name, 'imagenet', widths, kwargs['strides'], kwargs['stem_stride'])
+  plan = mobilenet_v2.block_plan('imagenet', stem, hidden, out, strides)
+
+  class Inverted(tnn.Module):
+    def __init__(self, cin, expand, shortcut, h, o, s):
+      super().__init__()
+      body = ([*conv_bn(cin, h, 1), tnn.ReLU6()] if expand else []) + [
+          *conv_bn(h, h, 3, s, groups=h), tnn.ReLU6(), *conv_bn(h, o, 1)]
+      self.body = tnn.Sequential(*body)
+      self.shortcut = (tnn.Sequential(*conv_bn(cin, o, 1)) if shortcut == 'conv' else
+                       (tnn.Identity() if shortcut == 'identity' else None))
+
+    def forward(self, x):
+      y = self.body(x)
+      return y if self.shortcut is None else y + self.shortcut(x)
+
+  layers = [*conv_bn(3, stem, 3, stem_stride), tnn.ReLU6()]
+  for (cin, expand, shortcut), h, o, s in zip(plan, hidden, out, strides):
+    layers.append(Inverted(cin, expand, shortcut, h, o, s))
+  return tnn.Sequential(*layers, *conv_bn(out[-1], last, 1), tnn.ReLU6(), tnn.AdaptiveAvgPool2d(1),
+                        tnn.Flatten(), tnn.Linear(last, 10))
+
+
+def _torch_step(model_name: str, batch: int):
+  """A zero-argument PyTorch train step (forward, cross-entropy, backward, SGD with Nesterov
+  momentum 0.9 and weight decay 5e-4) of :func:`_torch_model` on a fixed random batch."""
+  import torch
+
+  torch.manual_seed(0)
+  net = _torch_model(model_name).train()
+  opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+  x = torch.randn(batch, 3, 32, 32)
+  y = torch.randint(0, 10, (batch,))
+
+  def one_step():
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+    return None
+  return one_step, sum(p.numel() for p in net.parameters())
+
+
+def _torch_status() -> str:
+  """'' when torch is importable, else the reason the PyTorch rows are skipped."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    return f'torch is not importable ({e})'
+  return ''
+
+
+def conv_layer_rows(batch: int = 128, repeats: int = 5) -> list:
+  """Per 3x3 conv layer (stride 1, padding 1, C_in = C_out) of the CIFAR ResNets at ``batch``:
+  milliseconds of XLA's forward / input gradient / weight gradient, the oneDNN kernels' three, the
+  hand-written AVX-512 weight gradient, and PyTorch's forward + both gradients (NCHW), timed in
+  interleaved rounds (``common.timing``). Each kernel's result is checked against XLA's first."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from common import timing
+  from xla_ext import conv as xc
+
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  pads = ((1, 1), (1, 1))
+  torch_reason = _torch_status()
+  rows = []
+  for hw, c in ((32, 16), (16, 32), (8, 64)):
+    rs = np.random.RandomState(0)
+    x = jnp.asarray(rs.randn(batch, hw, hw, c), jnp.float32)
+    w = jnp.asarray(rs.randn(3, 3, c, c) / np.sqrt(9 * c), jnp.float32)
+    dy = jnp.asarray(rs.randn(batch, hw, hw, c), jnp.float32)
+    lax_conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dn)
+    fns = {
+        'xla_fwd': jax.jit(lax_conv),
+        'xla_dgrad': jax.jit(lambda dy, w: jax.vjp(lambda x: lax_conv(x, w), x)[1](dy)[0]),
+        'xla_wgrad': jax.jit(lambda x, dy: jax.vjp(lambda w: lax_conv(x, w), w)[1](dy)[0]),
+        'kernel_fwd': jax.jit(lambda x, w: xc.conv_fwd(x, w, (1, 1), pads)),
+        'kernel_dgrad': jax.jit(lambda dy, w: xc.conv_bwd_data(dy, w, x.shape, (1, 1), pads)),
+        'kernel_wgrad': jax.jit(lambda x, dy: xc.conv_bwd_weights(x, dy, (3, 3), (1, 1), pads)),
+        'hand_wgrad': jax.jit(lambda x, dy: xc.conv_wgrad_direct(x, dy, (3, 3), (1, 1))),
+    }
+    args = {'fwd': (x, w), 'dgrad': (dy, w), 'wgrad': (x, dy)}
+    calls = {k: (lambda f=f, a=args[k.split('_')[1]]: f(*a)) for k, f in fns.items()}
+    for k in ('kernel_fwd', 'kernel_dgrad', 'kernel_wgrad', 'hand_wgrad'):
+      ref = np.asarray(calls['xla_' + k.split('_')[1]]())
+      err = float(np.abs(np.asarray(calls[k]()) - ref).max() / np.abs(ref).max())
+      if err > 1e-4:
+        raise AssertionError(f'{k} at {hw}x{hw}x{c} differs from XLA by {err:.2e} (relative)')
+    if not torch_reason:
+      import torch
+      tx = torch.randn(batch, c, hw, hw, requires_grad=True)
+      tw = torch.randn(c, c, 3, 3, requires_grad=True)
+      tdy = torch.randn(batch, c, hw, hw)
+
+      def torch_layer():
+        torch.nn.functional.conv2d(tx, tw, padding=1).backward(tdy)
+        tx.grad = tw.grad = None
+      calls['torch_all'] = torch_layer
+    t = timing.time_interleaved(calls, repeats, warmup=2)
+    rows.append({'layer': f'{hw} x {hw} x {c}', **{k: v.median * 1e3 for k, v in t.items()}})
+  return rows
+
+
+def print_cpu_conv(models, batch: int, steps: int) -> None:
+  """Prints :func:`conv_layer_rows` and, per model, the engine step without / with the CPU conv
+  kernels and PyTorch's step, timed in interleaved rounds in this process."""
+  from common import timing
+  from xla_ext import conv as xc
+
+  if not xc.available():
+    print(f'cpu_conv: the CPU conv kernels are not available ({xc.load_error()}); nothing to '
+          f'compare', flush=True)
+    return
+  torch_reason = _torch_status()
+  threads = ''
+  if not torch_reason:
+    import torch
+    threads = f', torch {torch.__version__} with {torch.get_num_threads()} threads'
+  print(f'CPU conv kernels ({_cpu_name()}{threads}); per 3x3 conv layer at batch {batch}, '
+        f'ms (medians of interleaved rounds):', flush=True)
+  cols = ['xla_fwd', 'xla_dgrad', 'xla_wgrad', 'kernel_fwd', 'kernel_dgrad', 'kernel_wgrad',
+          'hand_wgrad', 'torch_all']
+  print(f'{"layer":14s} ' + ' '.join(f'{c:>12s}' for c in cols))
+  for r in conv_layer_rows(batch):
+    print(f'{r["layer"]:14s} ' + ' '.join(
+        f'{r[c]:12.1f}' if c in r else f'{"skipped":>12s}' for c in cols), flush=True)
+  if torch_reason:
+    print(f'PyTorch columns skipped: {torch_reason}')
+  print(f'train step at batch {batch}, img/s (ms):')
+  print(f'{"model":20s} {"XLA":>14s} {"CPU conv":>14s} {"PyTorch":>14s} {"CPU conv/XLA":>12s} '
+        f'{"CPU conv/PyTorch":>16s}')
+  for model in models:
+    calls = {}
+    xla_step, _ = _engine_step(model, batch, False)
+    cpu_step, _ = _engine_step(model, batch, True)
+    calls = {'xla': xla_step, 'cpu_conv': cpu_step}
+    if not torch_reason:
+      calls['torch'], _ = _torch_step(model, batch)
+    t = timing.time_interleaved(calls, steps, warmup=2)
+    ips = {k: batch / v.median for k, v in t.items()}
+    cell = lambda k: (f'{ips[k]:6.0f} ({t[k].median * 1e3:5.0f})' if k in ips else
+                      f'{"skipped":>14s}')
+    vs_torch = f'{ips["cpu_conv"] / ips["torch"]:15.2f}x' if 'torch' in ips else f'{"n/a":>16s}'
+    print(f'{model:20s} {cell("xla")} {cell("cpu_conv")} {cell("torch")} '
+          f'{ips["cpu_conv"] / ips["xla"]:11.2f}x {vs_torch}', flush=True)
+  if torch_reason:
+    print(f'PyTorch column skipped: {torch_reason}')
 
 
 def engine_overhead(config_path: str = 'common/configs/resnet20_digits.py', epochs: int = 3,
@@ -225,16 +487,29 @@ def print_checkpoint_overhead(model_name: str = 'resnet20', repeats: int = 9) ->
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--models', default='resnet20,resnet56')
+  ap.add_argument('--models', default=None, help='default resnet20,resnet56')
   ap.add_argument('--batch', type=int, default=128)
   ap.add_argument('--steps', type=int, default=8)
   ap.add_argument('--variants', default='all', help='comma list of ' + ','.join(VARIANTS))
   ap.add_argument('--child', default='', help=argparse.SUPPRESS)
   ap.add_argument('--engine_overhead', action='store_true',
                   help='only the epoch-of-run vs bare-steps comparison')
+  ap.add_argument('--cpu_conv', action='store_true',
+                  help='only the CPU conv kernels vs XLA vs PyTorch, per layer and per train step '
+                       '(--models defaults to ' + ','.join(CPU_CONV_MODELS) + ')')
   ap.add_argument('--checkpoint', action='store_true',
                   help='only print the checkpoint save+restore cost of verification, per model')
   args = ap.parse_args(argv)
+  if args.cpu_conv:
+    models = (args.models or ','.join(CPU_CONV_MODELS)).split(',')
+    bad = [m for m in models if m not in CPU_CONV_MODELS]
+    if bad:
+      print(f'error: --cpu_conv models must be among {list(CPU_CONV_MODELS)}; got {bad}',
+            file=sys.stderr)
+      return 2
+    print_cpu_conv(models, args.batch, args.steps)
+    return 0
+  args.models = args.models or 'resnet20,resnet56'
   if args.child:
     print(json.dumps(measure(args.child, args.batch, args.steps)))
     return 0

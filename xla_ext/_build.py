@@ -89,3 +89,81 @@ def compile_shared_library(include_dir: str, out_path: str,
 
 def extension_suffix() -> str:
   return sysconfig.get_config_var('EXT_SUFFIX') or '.so'
+
+
+# --- The training convolutions (conv_ffi.cc), a second library: it links oneDNN (the
+# `onednn-cpu-gomp` + `onednn-devel-cpu-gomp` wheels, which put include/dnnl.hpp and lib/libdnnl.so
+# under the interpreter's prefix), so the block-sparse kernels above never depend on it. ---
+CONV_SOURCES = ('conv_ffi.cc', 'conv_wgrad_direct.cc')
+CONV_HEADERS = ()
+CONV_EXTENSION_NAME = 'xla_ext._conv'
+
+
+def onednn_dirs() -> Optional[tuple]:
+  """``(include_dir, lib_dir)`` of oneDNN, from ``$ONEDNN_ROOT`` or the interpreter's prefix
+  (where the pip wheels install it); None when there is no ``dnnl.hpp`` + ``libdnnl.so``."""
+  import sys
+  for root in (os.environ.get('ONEDNN_ROOT'), sys.prefix, sys.base_prefix, '/usr', '/usr/local'):
+    if not root:
+      continue
+    inc, lib = os.path.join(root, 'include'), os.path.join(root, 'lib')
+    if os.path.exists(os.path.join(inc, 'dnnl.hpp')) and any(
+        os.path.exists(os.path.join(lib, n)) for n in ('libdnnl.so', 'libdnnl.so.3')):
+      return inc, lib
+  return None
+
+
+def conv_link_args(lib_dir: str) -> list:
+  libdnnl = 'libdnnl.so' if os.path.exists(os.path.join(lib_dir, 'libdnnl.so')) else 'libdnnl.so.3'
+  return ['-L' + lib_dir, '-l:' + libdnnl, '-lgomp', '-Wl,-rpath,' + lib_dir]
+
+
+def conv_source_digest(include_dir: str) -> str:
+  """Hash of what the conv library depends on: its sources, flags, FFI and oneDNN headers."""
+  h = hashlib.sha256()
+  dirs = onednn_dirs()
+  for f in CONV_SOURCES + CONV_HEADERS:
+    with open(os.path.join(HERE, f), 'rb') as fh:
+      h.update(f.encode() + b'\0' + fh.read())
+  h.update(' '.join(CXXFLAGS).encode() + repr(dirs).encode())
+  paths = [os.path.join(include_dir, 'xla/ffi/api/ffi.h'), os.path.join(include_dir,
+                                                                           'xla/ffi/api/api.h')]
+  if dirs:
+    paths.append(os.path.join(dirs[0], 'dnnl_version.h'))
+  for path in paths:
+    if os.path.exists(path):
+      with open(path, 'rb') as fh:
+        h.update(fh.read())
+  h.update((compiler() or '').encode())
+  return h.hexdigest()[:16]
+
+
+def compile_conv_library(include_dir: str, out_path: str) -> None:
+  """Compiles conv_ffi.cc against oneDNN into `out_path`, atomically.
+
+  Raises:
+    RuntimeError: no compiler, no oneDNN (with the pip command that installs it), or the
+      compiler failed.
+  """
+  cxx = compiler()
+  dirs = onednn_dirs()
+  if cxx is None:
+    raise RuntimeError('no C++ compiler found (tried $CXX, g++, c++, clang++)')
+  if dirs is None:
+    raise RuntimeError('oneDNN not found (no include/dnnl.hpp + lib/libdnnl.so under '
+                       '$ONEDNN_ROOT or the Python prefix); `pip install onednn-cpu-gomp '
+                       'onednn-devel-cpu-gomp` installs it')
+  os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(out_path) or '.')
+  os.close(fd)
+  cmd = [cxx, *CXXFLAGS, '-shared', '-I' + include_dir, '-I' + dirs[0], '-I' + HERE,
+         *[os.path.join(HERE, f) for f in CONV_SOURCES], '-o', tmp, *conv_link_args(dirs[1])]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError('compiling the xla_ext conv kernels failed:\n$ ' + ' '.join(cmd) + '\n' +
+                         proc.stderr[-4000:])
+    os.replace(tmp, out_path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)

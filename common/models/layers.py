@@ -23,11 +23,24 @@ which every official repository reimplemented here trains with):
 
   fan_in / fan_out follow PyTorch: ``fan_in = C_in/groups * k * k``, ``fan_out = C_out * k * k``
   (Flax's variance-scaling on HWIO kernels computes exactly these).
+
+CPU training convolutions: with ``COMPRESS_JAX_CPU_CONV=1`` in the environment (or inside
+``with cpu_conv(True):`` while a model is traced) the convs built here, depthwise ones included,
+compute through ``xla_ext.conv.conv_general_dilated``: oneDNN's forward, input-gradient and
+weight-gradient kernels on CPU, XLA's own convolution on every other platform (chosen per platform
+with ``jax.lax.platform_dependent`` when the program is lowered). Parameters, initialisers and
+shapes are unchanged; values and gradients equal XLA's up to float32 summation order. Off by
+default; without the compiled kernels (``xla_ext.conv.available()`` False) a warning is given once
+and XLA's convolution runs.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
+import os
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -36,6 +49,12 @@ import jax.numpy as jnp
 
 INITS = ('pytorch', 'kaiming_normal_fan_in', 'kaiming_normal_fan_out', 'flax')
 DENSE_INITS = ('pytorch', 'kaiming_normal_fan_in', 'kaiming_normal_fan_out', 'flax', 'normal_0.01')
+
+CPU_CONV_ENV = 'COMPRESS_JAX_CPU_CONV'
+_CPU_CONV_ON = ('1', 'true', 'on', 'yes')
+_CPU_CONV_OFF = ('', '0', 'false', 'off', 'no')
+_cpu_conv_override: contextvars.ContextVar = contextvars.ContextVar('cpu_conv', default=None)
+_cpu_conv_warned = False
 
 BN_MOMENTUM = 0.9   # running = 0.9 running + 0.1 batch: PyTorch's momentum=0.1
 BN_EPS = 1e-5
@@ -79,6 +98,54 @@ def bias_init(init: str, fan_in: int, *, is_dense: bool = False):
   def init_fn(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
   return init_fn
+
+
+def cpu_conv_enabled() -> bool:
+  """Whether the convs built now use the CPU kernels: the innermost :func:`cpu_conv` context, else
+  ``$COMPRESS_JAX_CPU_CONV`` (1/true/on/yes or 0/false/off/no/unset; default off).
+
+  Raises:
+    ValueError: the environment variable holds anything else.
+  """
+  override = _cpu_conv_override.get()
+  if override is not None:
+    return override
+  value = os.environ.get(CPU_CONV_ENV, '').strip().lower()
+  if value in _CPU_CONV_ON:
+    return True
+  if value in _CPU_CONV_OFF:
+    return False
+  raise ValueError(f'{CPU_CONV_ENV}={os.environ[CPU_CONV_ENV]!r}: allowed values are '
+                   f'{list(_CPU_CONV_ON)} (on) or {list(_CPU_CONV_OFF)} (off)')
+
+
+@contextlib.contextmanager
+def cpu_conv(enabled: bool):
+  """Within the block, models traced build their convs with (True) or without (False) the CPU
+  kernels, whatever the environment says (e.g. both arms of a benchmark in one process)."""
+  if not isinstance(enabled, bool):
+    raise ValueError(f'cpu_conv(enabled) takes a bool; got {enabled!r}')
+  token = _cpu_conv_override.set(enabled)
+  try:
+    yield
+  finally:
+    _cpu_conv_override.reset(token)
+
+
+def cpu_conv_fn():
+  """``xla_ext.conv.conv_general_dilated`` when the CPU kernels are enabled and built, else None
+  (the conv then calls ``lax.conv_general_dilated`` as usual)."""
+  global _cpu_conv_warned
+  if not cpu_conv_enabled():
+    return None
+  from xla_ext import conv as xla_conv  # pylint: disable=g-import-not-at-top
+  if not xla_conv.available():
+    if not _cpu_conv_warned:
+      warnings.warn(f'{CPU_CONV_ENV} is on but the CPU conv kernels are not available '
+                    f'({xla_conv.load_error()}); using XLA\'s convolution')
+      _cpu_conv_warned = True
+    return None
+  return xla_conv.conv_general_dilated
 
 
 def as_pair(s) -> Tuple[int, int]:
@@ -131,7 +198,11 @@ def depthwise_conv(x, kernel, strides, padding):
 class DepthwiseConv(nn.Conv):
   """``nn.Conv`` with ``feature_group_count == C_in == features``, computed by
   :func:`depthwise_conv`: same parameters (HWIO ``kernel [kh, kw, 1, C]``, ``bias [C]``) and the
-  same initialisers, so checkpoints, masks and layer specs are those of an ``nn.Conv``."""
+  same initialisers, so checkpoints, masks and layer specs are those of an ``nn.Conv``.
+
+  With ``conv_general_dilated`` set (the CPU kernels, see the module docstring) it is called as a
+  grouped convolution (``feature_group_count = C``) instead: oneDNN's depthwise kernels.
+  """
 
   @nn.compact
   def __call__(self, inputs):
@@ -144,7 +215,14 @@ class DepthwiseConv(nn.Conv):
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    y = depthwise_conv(inputs, kernel, self.strides, self.padding)
+    if self.conv_general_dilated is not None:
+      strides = as_pair(self.strides)
+      pads = explicit_padding(self.padding, inputs.shape[1:3], kernel.shape[:2], strides)
+      y = self.conv_general_dilated(inputs, kernel, strides, pads,
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                    feature_group_count=c)
+    else:
+      y = depthwise_conv(inputs, kernel, self.strides, self.padding)
     return y if bias is None else y + bias
 
 
@@ -173,7 +251,7 @@ def conv(features: int, kernel: int, *, in_ch: int, stride: int = 1, groups: int
   cls = DepthwiseConv if groups > 1 and groups == in_ch == features else nn.Conv
   return cls(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
              feature_group_count=groups, use_bias=bias, kernel_init=kernel_init(init),
-             bias_init=bias_init(init, fan_in), name=name)
+             bias_init=bias_init(init, fan_in), conv_general_dilated=cpu_conv_fn(), name=name)
 
 
 def batch_norm(train: bool, name: str, axis_name: Optional[str] = None) -> nn.BatchNorm:
