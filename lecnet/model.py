@@ -6,7 +6,8 @@ sessions at construction (with ``exec``), and a buffer ``Alpha [S+1, N]`` of sto
 here: the params tree has one shape for the whole run (checkpoints and optimizer states keep
 their structure across sessions); the ``session`` argument (static) selects how many are used.
 
-Params: ``backbone`` (a ``common.models`` zoo network; its own classifier is never used),
+Params: ``net`` (the ``common.models`` zoo backbone; its own 1-output classifier ``fc`` is never
+used),
 ``node [F, N]``, ``head_0 [N, base]``, ``expand_j [F, N]`` and ``head_j [N, way]`` for
 ``j = 1..S``; all without bias, initialised as PyTorch's ``nn.Linear``
 (uniform +-1/sqrt(fan_in)).

@@ -288,6 +288,23 @@ def test_cifar_content_labels_and_normalisations(cifar):
   np.testing.assert_array_equal(ytr_got, ytr[itr])
 
 
+def test_prepared_records_carry_their_source_position_as_id(cifar):
+  """Each record's ``id`` is ``<split>_<position in the pickle>`` (TFDS's cifar convention), so
+  lists that name images by that position find them although TFDS stores records shuffled."""
+  import tensorflow_datasets as tfds
+  from common.data import tfds_source
+  d, ((xtr, _), (xte, _)) = cifar
+  src = tfds.builder_from_directory(tfds_source.find_prepared('cifar10', d))
+  for split, x in (('train', xtr), ('test', xte)):
+    recs = list(src.as_data_source(split))
+    ids = [r['id'].decode() if isinstance(r['id'], bytes) else str(r['id']) for r in recs]
+    pos = [int(i.split('_')[1]) for i in ids]
+    assert sorted(ids) == [f'{split}_{i:05d}' for i in range(len(x))]
+    assert pos != list(range(len(x)))            # shuffled on disk
+    for r, p in zip(recs, pos):
+      np.testing.assert_array_equal(np.asarray(r['image']), x[p])
+
+
 def test_cifar_augmentation_determinism_and_shards(cifar):
   d, ((xtr, ytr), _) = cifar
   tr = data.load('cifar10', 'train', data_dir=d, seed=7)

@@ -232,3 +232,34 @@ def test_repeated_dataset_gives_full_batch_passes():
   assert len(list(rep.batches(4, epoch=0, train=False, drop_remainder=False))) == 3
   relab = few.relabeled(np.arange(10)[::-1])
   np.testing.assert_array_equal(relab.labels(), 9 - few.labels())
+
+
+def test_mini_imagenet_from_an_image_folder(tmp_path):
+  root = tmp_path / 'miniimagenet'
+  os.makedirs(root / 'images')
+  os.makedirs(root / 'split')
+  r = np.random.RandomState(0)
+  wnids = ['n01', 'n02', 'n03']
+  rows = {'train': [], 'test': []}
+  for w in wnids:
+    for k in range(4):
+      for split in ('train', 'test'):
+        name = f'{w}{split}{k:04d}.jpg'
+        Image.fromarray(r.randint(0, 255, (30, 40, 3), np.uint8)).save(root / 'images' / name)
+        rows[split].append(f'{name},{w}')
+  for split, lines in rows.items():
+    (root / 'split' / f'{split}.csv').write_text('filename,label\n' + '\n'.join(lines) + '\n')
+  tr, te, lookup = protocol.mini_imagenet_splits(str(root), image_size=16)
+  assert tr.num_classes == 3 and tr.labels().tolist() == [0] * 4 + [1] * 4 + [2] * 4
+  lists = tmp_path / 'lists'
+  os.makedirs(lists)
+  (lists / 'session_1.txt').write_text(''.join(
+      f'MINI-ImageNet/train/{w}/{w}train{k:04d}.jpg\n' for w in wnids[:2] for k in range(4)))
+  (lists / 'session_2.txt').write_text(''.join(
+      f'MINI-ImageNet/train/n03/n03train{k:04d}.jpg\n' for k in (1, 3)))
+  key_rows = protocol.name_rows(lookup, lambda k: k.split('/')[-1], 'miniImageNet')
+  p = protocol.from_index_lists('mini', tr, te, str(lists), key_rows, 2, 1, 2, 1)
+  assert p.train[1].labels().tolist() == [2, 2]
+  b = next(p.train[1].batches(2, epoch=0, train=False))
+  assert b['image'].shape == (2, 16, 16, 3)
+  assert p.test_set(1).num_examples == 12
