@@ -1,4 +1,4 @@
-"""RegNetX (Radosavovic et al. 2020, "Designing Network Design Spaces", §3-4) with per-stage widths.
+"""RegNetX (Radosavovic et al. 2020, "Designing Network Design Spaces", Sec. 3-4) with per-stage widths.
 
 Layout (facebookresearch/pycls ``pycls/models/anynet.py`` X blocks; osmr/pytorchcv
 ``pytorchcv/models/regnet.py`` ``RegNet``, the copy zysxmu/FDDA quantizes as ``regnetx_600m``):
