@@ -295,6 +295,38 @@ def conv_layer_rows(batch: int = 128, repeats: int = 5) -> list:
   return rows
 
 
+def wgrad_choice_rows(batch: int = 128, repeats: int = 7) -> list:
+  """The measurement behind choosing oneDNN: per layer of :func:`conv_layer_rows`, the CPU time
+  (``time.process_time``, all threads of this process) of one weight gradient by oneDNN and by the
+  hand-written AVX-512 kernel, both on one thread, and by XLA on all threads. CPU time, not wall
+  time, so that the comparison survives a machine shared with other jobs."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from common import timing
+  from xla_ext import conv as xc
+
+  pads = ((1, 1), (1, 1))
+  rows = []
+  for hw, c in ((32, 16), (16, 32), (8, 64)):
+    rs = np.random.RandomState(0)
+    x = jnp.asarray(rs.randn(batch, hw, hw, c), jnp.float32)
+    dy = jnp.asarray(rs.randn(batch, hw, hw, c), jnp.float32)
+    w = jnp.zeros((3, 3, c, c), jnp.float32)
+    lax_conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pads,
+                                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    fns = {'onednn_1t': jax.jit(lambda x, dy: xc.conv_bwd_weights(x, dy, (3, 3), (1, 1), pads,
+                                                                   num_threads=1)),
+           'hand_1t': jax.jit(lambda x, dy: xc.conv_wgrad_direct(x, dy, (3, 3), (1, 1),
+                                                                  num_threads=1)),
+           'xla': jax.jit(lambda x, dy: jax.vjp(lambda w: lax_conv(x, w), w)[1](dy)[0])}
+    t = timing.time_interleaved({k: (lambda f=f: f(x, dy)) for k, f in fns.items()}, repeats,
+                                warmup=2, clock=time.process_time)
+    rows.append({'layer': f'{hw} x {hw} x {c}', **{k: v.median * 1e3 for k, v in t.items()}})
+  return rows
+
+
 def print_cpu_conv(models, batch: int, steps: int) -> None:
   """Prints :func:`conv_layer_rows` and, per model, the engine step without / with the CPU conv
   kernels and PyTorch's step, timed in interleaved rounds in this process."""
@@ -320,6 +352,11 @@ def print_cpu_conv(models, batch: int, steps: int) -> None:
         f'{r[c]:12.1f}' if c in r else f'{"skipped":>12s}' for c in cols), flush=True)
   if torch_reason:
     print(f'PyTorch columns skipped: {torch_reason}')
+  print(f'weight gradient at batch {batch}, CPU ms per call (process time): oneDNN and the '
+        f'hand-written AVX-512 kernel on 1 thread, XLA on all', flush=True)
+  for r in wgrad_choice_rows(batch):
+    print(f'{r["layer"]:14s} oneDNN {r["onednn_1t"]:6.1f}   hand-written {r["hand_1t"]:6.1f}   '
+          f'XLA {r["xla"]:6.1f}', flush=True)
   print(f'train step at batch {batch}, img/s (ms):')
   print(f'{"model":20s} {"XLA":>14s} {"CPU conv":>14s} {"PyTorch":>14s} {"CPU conv/XLA":>12s} '
         f'{"CPU conv/PyTorch":>16s}')
