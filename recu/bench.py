@@ -132,7 +132,7 @@ def bench(model: str = 'recu_resnet20', widths=None, batch: int = 128, hw: int =
 
 
 
-# --- the bit-packed binary kernel (xla_ext.binconv) against XLA's float32 conv ----------------------
+# --- the bit-packed binary kernel (xla_ext.binconv) against XLA's float32 conv -----------------
 
 # The binary convs of the papers' networks: (layer, input hw, C_in, C_out, kernel, stride).
 BINARY_LAYER_SHAPES = {
@@ -304,9 +304,9 @@ def print_binary_rows(layer_rows, e2e_rows, cpu: str = '') -> None:
           f"binary {r['binary_ms']:.2f} ms, float {r['float_ms']:.2f} ms, simulated "
           f"{r['simulated_ms']:.2f} ms: {r['speedup_vs_float']:.2f}x vs float, "
           f"{r['speedup_vs_simulated']:.2f}x vs simulated; weights "
-          f"{mem['total_bytes'] / 2**20:.2f} MiB packed (binary {mem['packed_weight_bytes'] / 2**20:.2f}"
-          f" + float {mem['fp_bytes'] / 2**20:.2f}) vs {mem['simulated_total_bytes'] / 2**20:.2f} MiB "
-          f'float32')
+          f"{mem['total_bytes'] / 2**20:.2f} MiB packed (binary "
+          f"{mem['packed_weight_bytes'] / 2**20:.2f} + float {mem['fp_bytes'] / 2**20:.2f}) vs "
+          f"{mem['simulated_total_bytes'] / 2**20:.2f} MiB float32")
 
 
 def cpu_name() -> str:
