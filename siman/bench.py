@@ -12,20 +12,31 @@ the two (ABAB...) with ``recu.bench.time_interleaved``, the loop ``recu.bench`` 
 papers' overheads are measured the same way. Prints one line per network and, last,
 ``bnn_over_fp_train=<ratio> bnn_over_fp_eval=<ratio>``.
 
-Honest reading: binarization here is *simulated* in float32 (standardisation, the median code,
-the projection and alpha are extra work on top of the same float convolutions), so the BNN step
-is slower than the FP one; no XNOR/popcount kernel exists in this codebase. The deployment cost
-of a 1-bit network is reported by ``siman.accounting`` (``bops``, ``model_bits`` in
-results.json).
+Honest reading: in training, binarization is *simulated* in float32 (standardisation, the median
+code, the projection and alpha are extra work on top of the same float convolutions), so the BNN
+step is slower than the FP one. The deployment cost of a 1-bit network is reported by
+``siman.accounting`` (``bops``, ``model_bits`` in results.json).
+
+``python -m siman.bench --binary`` times inference on the bit-packed kernel instead
+(``xla_ext.binconv``, ``siman.export_binary``), as ``recu.bench --binary`` does: per layer, the
+binary conv against XLA's float32 conv on the ResNet-18 ImageNet, CIFAR ResNet-18 shortcut,
+ResNet-20 and VGG-Small shapes at batch 1 and 8, on every SIMD ISA the CPU has (named on every
+row); end to end, the exported ``siman_resnet18`` at 224x224 against the same graph in float32
+and against the simulated network.
 """
 from __future__ import annotations
 
 import json
 
-from recu.bench import build_step, parse_widths, time_interleaved
+from typing import Sequence
+
+import jax
+
+from recu.bench import (add_binary_args, bench_binary_end_to_end, build_step, parse_widths,
+                        random_trained_variables, run_binary, time_interleaved)
 from siman import siman
 from siman.configs import digits as digits_config
-from siman.train import SiMaN
+from siman.train import CODES, SiMaN
 
 
 def _siman(model: str, widths, weight_binarizer: str, act_binarizer: str) -> SiMaN:
@@ -59,6 +70,37 @@ def bench(model: str = 'siman_vgg_small', widths=None, batch: int = 128, hw: int
   return out
 
 
+
+def siman_end_to_end(model: str = 'siman_resnet18', widths=None, hw: int = 224,
+                     batches: Sequence[int] = (1,), isa: str = 'auto', repeats: int = 5):
+  """The exported binary SiMaN network against the same graph in full precision
+  (``act_binarizer='none'`` and float kernels: plain float convs, alpha kept) and against the
+  simulated binary network (``2B - 1`` kernels, centred-sign activations), side by side.
+  Returns ``recu.bench.bench_binary_end_to_end`` rows plus ``isa``, ``speedup_vs_float``,
+  ``speedup_vs_simulated`` and the packed model's ``memory``."""
+  from common import models
+  from siman.export_binary import export_binary
+  shape = (hw, hw, 3)
+  classes = 1000 if hw >= 128 else 10
+  bnn = models.get_model(model, classes, widths=widths)
+  fp = models.get_model(model, classes, widths=widths, act_binarizer='none')
+  v = random_trained_variables(bnn, shape)
+  codes = siman.binary_codes(v['params'], 'median')
+  exported = export_binary(bnn, {'params': v['params'],
+                                 'batch_stats': dict(v['batch_stats'], **{CODES: codes})},
+                           isa=isa)
+  eff = {'params': siman.binarize_params(v['params'], codes), 'batch_stats': v['batch_stats']}
+  fns = {'binary': exported,
+         'float': jax.jit(lambda x: fp.apply(v, x, train=False)),
+         'simulated': jax.jit(lambda x: bnn.apply(eff, x, train=False))}
+  rows = bench_binary_end_to_end(fns, shape, batches, repeats)
+  for r in rows:
+    r.update(model=model, hw=hw, isa=exported.isa, memory=exported.memory(),
+             speedup_vs_float=r['float_ms'] / r['binary_ms'],
+             speedup_vs_simulated=r['simulated_ms'] / r['binary_ms'])
+  return rows
+
+
 def main(argv=None):
   """Command line (module docstring): prints the two networks' step times and the ratios;
   returns the :func:`bench` dict."""
@@ -70,11 +112,14 @@ def main(argv=None):
   p.add_argument('--hw', type=int, default=32)
   p.add_argument('--steps', type=int, default=20)
   p.add_argument('--repeats', type=int, default=3)
+  add_binary_args(p, 'siman_resnet18')
   a = p.parse_args(argv)
   try:
     widths = parse_widths(a.widths)
   except ValueError as e:
     p.error(str(e))
+  if a.binary:
+    return run_binary(p, a, siman_end_to_end)
   r = bench(a.model, widths, a.batch, a.hw, a.steps, a.repeats)
   for k in ('bnn', 'fp'):
     print(f'{k}: train {1e3 * r[k + "_train"]:.2f} ms/step, eval {1e3 * r[k + "_eval"]:.2f} '

@@ -97,7 +97,8 @@ def resolve_isa(isa: str = 'auto') -> str:
     else:
       return best_isa()
   if not isa_supported(isa):
-    raise ValueError(f'{_OP}: this CPU cannot run isa {isa!r}; it supports {list(supported_isas())}')
+    raise ValueError(f'{_OP}: this CPU cannot run isa {isa!r}; it supports '
+                     f'{list(supported_isas())}')
   return isa
 
 
