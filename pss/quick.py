@@ -117,7 +117,7 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False,
     wins = sum(p['top1'] >= u['top1'] for p, u in zip(pss, uni))
     checks['PSS mean-over-bins top-1 >= uniform arm in >= 2 of 3 seeds'] = wins >= min(2, len(pss))
     gap = np.mean([p['max_net_top1'] for p in pss]) - np.mean([u['max_net_top1'] for u in uni])
-    checks['PSS max net no worse than the uniform arm by more than 0.5 points'] = gap >= -0.005
+    checks['PSS max net no worse than the uniform arm by more than 0.5 points'] = bool(gap >= -0.005)
   elif smoke:
     checks['max net above chance (10%) by 10 points'] = rows[0]['max_net_top1'] > 0.2
   return {'rows': rows, 'plots': plots, 'checks': checks, 'summary': summarize(rows)}
