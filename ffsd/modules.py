@@ -16,8 +16,8 @@ Initialisation follows the official modules: conv kernels ``N(0, 2 / (k k C_out)
 ``FusionModule`` loop; ``kaiming_normal_fan_out``), BN (1, 0), the classifier PyTorch's ``Linear``
 default. The transposed convs keep PyTorch's default, kaiming-uniform(a = sqrt 5) over
 ``fan_in = C_out k k`` (``ConvTranspose2d`` weights are ``[C_in, C_out, k, k]`` and PyTorch takes
-``fan_in`` from dim 1). The official ``TransFusionModule`` has no init loop either, so its convs
-keep PyTorch's default too.
+``fan_in`` from dim 1). The ``TransFusionModule`` is a child of the leader, whose
+``reset_parameters`` loop gives its convs the same ``N(0, 2 / (k k C_out))``.
 """
 from __future__ import annotations
 
@@ -58,9 +58,9 @@ class TransFusion(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     c = x.shape[-1]
-    y = L.conv(c, 3, in_ch=c, groups=c, init='pytorch', name='conv1')(x)
+    y = L.conv(c, 3, in_ch=c, groups=c, init=FUSION_INIT, name='conv1')(x)
     y = nn.relu(L.batch_norm(train, 'bn1', self.bn_axis_name)(y))
-    y = L.conv(self.out_channels, 1, in_ch=c, init='pytorch', name='conv1_1')(y)
+    y = L.conv(self.out_channels, 1, in_ch=c, init=FUSION_INIT, name='conv1_1')(y)
     return nn.relu(L.batch_norm(train, 'bn1_1', self.bn_axis_name)(y))
 
 

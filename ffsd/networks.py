@@ -25,6 +25,8 @@ import dataclasses
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+Array = Any
+
 import jax
 import jax.numpy as jnp
 
@@ -34,30 +36,10 @@ from ffsd import modules
 
 VARIANTS = ('ffsd', 'dml')
 _BLOCK_OUT = re.compile(r'^layer(\d+)_(\d+)/out$')
-# Tap sites the official code hooks ("extract_layers") in the zoo's other families.
-EXPLICIT_SITES = {
-    'wrn': ('layer1/out', 'layer2/out', 'act_last'),
-    'densenet': ('dense1/out', 'dense2/out', 'act_last'),
-    'googlenet': ('b3/out', 'e4/out', 'b5/out'),
-}
 
 
-def feature_sites(model_name: str, sites: Sequence[str]) -> Tuple[str, ...]:
-  """The tap sites whose activations are FFSD's features, shallow to deep.
-
-  ResNets (``resnet8..110``, ``resnet18/34/50``): the output of the last block of each stage
-  (SJLeo/FFSD ``models/resnet_cifar.py`` / ``resnet_imagenet.py``: ``extract_layers = ['layer1',
-  'layer2', 'layer3'(, 'layer4')]``); WRN, DenseNet, GoogLeNet: :data:`EXPLICIT_SITES`.
-
-  Raises:
-    ValueError: a model whose sites match neither rule.
-  """
-  for prefix, want in EXPLICIT_SITES.items():
-    if model_name.startswith(prefix):
-      missing = [s for s in want if s not in sites]
-      if missing:
-        raise ValueError(f'{model_name} has no tap sites {missing}')
-      return want
+def _stage_outputs(sites: Sequence[str]) -> List[str]:
+  """The output site of the last block of every stage (``layer<s>_<b>/out``), by stage."""
   last: Dict[int, Tuple[int, str]] = {}
   for s in sites:
     m = _BLOCK_OUT.match(s)
@@ -65,10 +47,27 @@ def feature_sites(model_name: str, sites: Sequence[str]) -> Tuple[str, ...]:
       stage, block = int(m.group(1)), int(m.group(2))
       if stage not in last or block > last[stage][0]:
         last[stage] = (block, s)
-  if len(last) < 2:
+  return [last[k][1] for k in sorted(last)]
+
+
+def feature_sites(model_name: str, sites: Sequence[str]) -> Tuple[str, ...]:
+  """The tap sites whose activations are FFSD's features, shallow to deep.
+
+  ResNets (``resnet8..110``, ``resnet18/34/50``): the output of the last block of each stage
+  (SJLeo/FFSD ``models/resnet_cifar.py`` / ``resnet_imagenet.py``: ``extract_layers = ['layer1',
+  'layer2', 'layer3'(, 'layer4')]``). WRN (``models/wideresnet_cifar.py``: ``['layer1',
+  'layer2', 'relu1']``): the outputs of stages 1 and 2, then the final BN-ReLU ``act_last``.
+
+  Raises:
+    ValueError: a model whose sites match neither rule.
+  """
+  stages = _stage_outputs(sites)
+  if model_name.startswith('wrn') and 'act_last' in sites and len(stages) == 3:
+    return tuple(stages[:2]) + ('act_last',)
+  if len(stages) < 2:
     raise ValueError(f'FFSD needs >= 2 feature taps; model {model_name!r} has no '
-                     f"'layer<s>_<b>/out' sites (known families: ResNets, {list(EXPLICIT_SITES)})")
-  return tuple(last[k][1] for k in sorted(last))
+                     f"'layer<s>_<b>/out' sites (known families: CIFAR / ImageNet ResNets, WRN)")
+  return tuple(stages)
 
 
 def _stack(trees):
@@ -87,6 +86,9 @@ class FFSDNetworks:
     num_classes: K.
     variant: 'ffsd' (students + leader + fusion + decoders) or 'dml' (students only).
     decoder_channels: output widths of the decoder blocks (``None``: halving from C).
+    vectorize: run the stacked students and decoders with ``jax.vmap`` (True) or one by one in a
+      Python loop over the stack, the outputs stacked after (False; the same numbers, the
+      baseline of ``ffsd.bench``).
   """
   backbone: Any
   sites: Tuple[str, ...]
@@ -96,6 +98,15 @@ class FFSDNetworks:
   variant: str = 'ffsd'
   decoder_channels: Optional[Tuple[int, ...]] = None
   bn_axis_name: Optional[str] = None
+  vectorize: bool = True
+
+  def _map(self, fn, *stacked):
+    """``jax.vmap(fn)(*stacked)``, or the same one slice at a time when not ``vectorize``."""
+    if self.vectorize:
+      return jax.vmap(fn)(*stacked)
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    outs = [fn(*jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(n)]
+    return _stack(outs)
 
   def __post_init__(self):
     if self.variant not in VARIANTS:
@@ -185,7 +196,7 @@ class FFSDNetworks:
   def students_forward(self, params, batch_stats, images, train: bool):
     """The m common students in one ``jax.vmap``: ``(logits [m, B, K], [[m, B, H_k, W_k, C_k]],
     new stacked batch_stats)``; every student sees the same ``images``."""
-    return jax.vmap(lambda p, s: self.backbone_forward(p, s, images, train))(params, batch_stats)
+    return self._map(lambda p, s: self.backbone_forward(p, s, images, train), params, batch_stats)
 
   def decoders_forward(self, params, batch_stats, inputs, train: bool):
     """The m stacked decoders on ``inputs [m, B, s, s, C]`` (decoder j on ``inputs[j]``):
@@ -196,7 +207,7 @@ class FFSDNetworks:
         out, mut = self.decoder.apply(v, x, train=True, mutable=['batch_stats'])
         return out, mut['batch_stats']
       return self.decoder.apply(v, x, train=False), s
-    return jax.vmap(one)(params, batch_stats, inputs)
+    return self._map(one, params, batch_stats, inputs)
 
   def train_outputs(self, params, batch_stats, images) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The one training-mode forward of every network, with the pre-update parameters.
@@ -245,26 +256,24 @@ class FFSDNetworks:
                   sd=sd_bs)
     return out, new_bs
 
-  def eval_logits(self, params, batch_stats, images, net: str):
-    """Evaluation-mode logits ``[B, K]`` of one network: 'leader', 'student<i>', 'fusion' (on
-    the students' last features) or 'ensemble' (the mean of the students' logits, FFSD's
+  def eval_logits(self, params, batch_stats, images) -> Dict[str, Array]:
+    """Evaluation-mode logits ``[B, K]`` of every network in one pass (each backbone runs once):
+    ``{'leader', 'student<i>', 'fusion', 'ensemble'}`` (:meth:`network_names`); 'fusion' runs on
+    the students' last features, 'ensemble' is the mean of the students' logits (FFSD's
     ``ensemble_output``)."""
-    if net == 'leader':
-      return self.backbone_forward(params['leader'], batch_stats['leader'], images, False)[0]
-    if net.startswith('student'):
-      i = int(net[len('student'):])
-      p = jax.tree.map(lambda a: a[i], params['students'])
-      s = jax.tree.map(lambda a: a[i], batch_stats['students'])
-      return self.backbone_forward(p, s, images, False)[0]
     s_logits, s_feats, _ = self.students_forward(params['students'], batch_stats['students'],
                                                  images, False)
-    if net == 'ensemble':
-      return jnp.mean(s_logits, axis=0)
-    if net == 'fusion':
+    out = {f'student{i}': s_logits[i] for i in range(self.num_students)}
+    if self.num_students > 1:
+      out['ensemble'] = jnp.mean(s_logits, axis=0)
+    if self.variant == 'ffsd':
+      out['leader'] = self.backbone_forward(params['leader'], batch_stats['leader'], images,
+                                            False)[0]
       fusion_in = jnp.concatenate(list(s_feats[-1]), axis=-1)
-      return self.fusion.apply({'params': params['fusion'], 'batch_stats': batch_stats['fusion']},
-                               fusion_in, train=False)[0]
-    raise ValueError(f'unknown network {net!r}; allowed: {self.network_names()}')
+      out['fusion'] = self.fusion.apply(
+          {'params': params['fusion'], 'batch_stats': batch_stats['fusion']}, fusion_in,
+          train=False)[0]
+    return out
 
   def network_names(self) -> List[str]:
     """Every evaluable network: the leader (ffsd), the students, the fusion head, the ensemble."""
@@ -278,7 +287,8 @@ class FFSDNetworks:
 
 
 def build(backbone, model_name: str, image_shape, num_students: int, num_classes: int,
-          variant: str = 'ffsd', decoder_channels=None, bn_axis_name=None) -> FFSDNetworks:
+          variant: str = 'ffsd', decoder_channels=None, bn_axis_name=None,
+          vectorize: bool = True) -> FFSDNetworks:
   """:class:`FFSDNetworks` for a zoo ``backbone``, its feature sites found by tracing
   (``common.models.tap_sites`` under ``jax.eval_shape``: no FLOPs)."""
   sites_shapes = taps_lib.tap_sites(backbone, (1,) + tuple(image_shape))
@@ -291,4 +301,4 @@ def build(backbone, model_name: str, image_shape, num_students: int, num_classes
                       variant=variant,
                       decoder_channels=None if decoder_channels is None
                       else tuple(int(c) for c in decoder_channels),
-                      bn_axis_name=bn_axis_name)
+                      bn_axis_name=bn_axis_name, vectorize=vectorize)

@@ -23,8 +23,9 @@ The official loop (``CIFARTrainer.py``) mapped onto the engine's hooks:
   every cross-network input is detached, one backward of the sum hands each network exactly its own
   loss's gradient (``tests/ffsd`` checks it leaf by leaf); separate engine updates would re-run
   the later networks' forwards after the earlier ones had stepped, which the official code does not;
-* ``eval_variants``: '' is the deployed network (the leader; student 0 for the DML baseline), then
-  ``student<i>``, ``fusion`` and ``ensemble`` (mean of the students' logits);
+* evaluation: one pass runs every network once; ``test_top1`` is the deployed network's (the
+  leader; student 0 for the DML baseline), ``test_<net>_top1`` the others' (``student<i>``,
+  ``fusion``, ``ensemble``: the mean of the students' logits), via ``eval_metrics``;
 * ``results``: best and last top-1 of every network (``top1_best_<net>``; the official code
   selects each network's best epoch); ``export``: the leader alone (``workdir/leader``), loadable
   with ``common.train.load_variables`` into ``config.model``, checked against the leader inside
@@ -35,7 +36,8 @@ Config fields (``config.method``): ``variant`` ('ffsd' | 'dml'), ``num_students`
 ``lambda_self_distillation`` (1000), ``warmup_epochs`` (5), ``fusion_weight_decay``,
 ``sd_learning_rate``, ``sd_weight_decay``, ``sd_milestones``, ``decoder_channels`` (() = halving;
 DenseNet / GoogLeNet list theirs), ``train_per_class`` (0 = the whole training split; N keeps the
-first N training images of every class: the low-data quick runs).
+first N training images of every class: the low-data quick runs), ``vectorize`` (True: the
+stacked students and decoders run under ``jax.vmap``; False: one by one, the bench's baseline).
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def per_class_subset(dataset, n: int):
   Raises:
     train.UserError: ``n`` exceeds the smallest class.
   """
-  labels = np.asarray(dataset.labels)
+  labels = np.asarray(dataset.labels())
   idx = []
   for c in range(dataset.num_classes):
     rows = np.flatnonzero(labels == c)
@@ -123,7 +125,8 @@ class FFSD(train.Method):
     try:
       self.nets = networks.build(model, self.config.model.name, self.image_shape,
                                  self.num_students, self.num_classes, self.variant, ch,
-                                 self.model_kwargs().get('bn_axis_name'))
+                                 self.model_kwargs().get('bn_axis_name'),
+                                 bool(self.config.method.get('vectorize', True)))
     except ValueError as e:
       raise train.UserError(str(e)) from e
     return model
@@ -180,32 +183,31 @@ class FFSD(train.Method):
   def forward(self, model, params, batch_stats, extra, batch, train_: bool, rng):
     if train_:
       raise RuntimeError('FFSD trains through its own update loss')
-    net = batch.get('static', {}).get('net', self.deployed)
-    return self.nets.eval_logits(params, batch_stats, batch['image'], net), batch_stats, {}
+    logits = self.nets.eval_logits(params, batch_stats, batch['image'])
+    return logits[self.deployed], batch_stats, {'logits': logits}
+
+  def eval_metrics(self, logits, batch, aux):
+    """Correct counts of every other network, from the same evaluation pass."""
+    w, y = batch['weight'], batch['label']
+    return {f'{n}_top1': jnp.sum((jnp.argmax(z, -1) == y).astype(jnp.float32) * w)
+            for n, z in aux['logits'].items() if n != self.deployed}
 
   # --- evaluation and reports ------------------------------------------------------------------
   @property
   def deployed(self) -> str:
     return 'leader' if self.variant == 'ffsd' else 'student0'
 
-  def _variants(self) -> List[str]:
+  def network_keys(self) -> Dict[str, str]:
+    """``{network: its metrics.jsonl key}``; the deployed network's is ``test_top1``."""
     names = self.nets.network_names() if self.nets else [self.deployed]
-    return [''] + [n for n in names if n != self.deployed]
-
-  def eval_variants(self):
-    return tuple(self._variants())
-
-  def before_eval(self, state, variant):
-    return state, {'net': variant or self.deployed}
+    return {n: 'test_top1' if n == self.deployed else f'test_{n}_top1' for n in names}
 
   def results(self, state):
     rows = train.read_metrics(self.info.workdir) if self.info and self.info.workdir else []
     out = {'deployed': self.deployed}
-    for v in self._variants():
-      key = f'{v}/test_top1' if v else 'test_top1'
+    for name, key in self.network_keys().items():
       vals = [r[key] for r in rows if key in r]
       if vals:
-        name = v or self.deployed
         out[f'top1_best_{name}'] = max(vals)
         out[f'top1_last_{name}'] = vals[-1]
     return out
@@ -228,7 +230,7 @@ class FFSD(train.Method):
     top1 = evaluate_model(self.nets.backbone, loaded, self.info.datasets['test'],
                           int(self.config.dataset.eval_batch_size))
     plot = os.path.join(workdir, 'ffsd_networks.png')
-    plot_networks(train.read_metrics(workdir), self._variants(), self.deployed, plot)
+    plot_networks(train.read_metrics(workdir), self.network_keys(), plot)
     return {'exported_leader': path, 'exported_leader_top1': top1, 'plots': [plot]}
 
 
@@ -243,17 +245,16 @@ def evaluate_model(model, variables, dataset, batch_size: int) -> float:
   return correct / max(n, 1)
 
 
-def plot_networks(rows, variants, deployed: str, path: str) -> None:
-  """Test top-1 vs epoch of every network of one run (matplotlib PNG)."""
+def plot_networks(rows, keys: Dict[str, str], path: str) -> None:
+  """Test top-1 vs epoch of every network of one run; ``keys``: network -> metrics key."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  for v in variants:
-    key = f'{v}/test_top1' if v else 'test_top1'
+  for name, key in keys.items():
     pts = [(r['epoch'] + 1, r[key]) for r in rows if key in r]
     if pts:
-      ax.plot(*zip(*pts), label=v or deployed)
+      ax.plot(*zip(*pts), label=name)
   ax.set_xlabel('epoch')
   ax.set_ylabel('test top-1')
   ax.legend()

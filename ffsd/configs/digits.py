@@ -11,6 +11,10 @@ and 30 (150/225 of 300 scaled), decoders Adam 1e-3 with the same milestones, the
 warmed up over the first 5 epochs as in the code. ``--config.method.variant=dml`` is the DML
 baseline, ``--config.method.variant=dml --config.method.num_students=1`` the network alone.
 No published number: the quick experiment checks leader >= DML >= alone.
+
+``method.vectorize=False``: on XLA:CPU a convolution vmapped over stacked weights lowers to a
+grouped convolution, which that backend runs through a slow generic loop (``ffsd.bench`` measures
+it); the students therefore run one by one on the CPU recipe (the same numbers, tested).
 """
 from ffsd.configs.recipes import ffsd_config
 
@@ -22,4 +26,5 @@ def get_config():
   c.dataset.eval_batch_size = 800
   c.dataset.options.test_size = 797
   c.method.sd_milestones = (20, 30)
+  c.method.vectorize = False
   return c

@@ -15,7 +15,9 @@ from common.configs import base
 def ffsd_config(*, model: str, dataset: str, num_epochs: int, batch_size: int, lr: float = 0.1,
                 weight_decay: float = 1e-4, milestones=(150, 225), variant: str = 'ffsd',
                 schedule: str = 'multistep', model_kwargs=None) -> ml_collections.ConfigDict:
-  """A locked-ready FFSD config; ``model_kwargs`` go to ``common.models.get_model``."""
+  """An FFSD config; ``model_kwargs`` go to ``common.models.get_model`` (default: the zoo ResNets'
+  ``init='kaiming_normal_fan_out'``, the official ``N(0, 2 / (k k C_out))``, plus the given ones;
+  ``init=None`` drops it for models that have one init only, e.g. the WRNs)."""
   c = base.get_config()
   c.num_epochs = num_epochs
   c.dataset.name = dataset
@@ -24,6 +26,7 @@ def ffsd_config(*, model: str, dataset: str, num_epochs: int, batch_size: int, l
   c.model.name = model
   kw = {'init': 'kaiming_normal_fan_out'}
   kw.update(model_kwargs or {})
+  kw = {k: v for k, v in kw.items() if v is not None}
   c.model.kwargs = ml_collections.ConfigDict(kw)
   c.optimizer.name = 'sgd'
   c.optimizer.learning_rate = lr
@@ -48,6 +51,7 @@ def ffsd_config(*, model: str, dataset: str, num_epochs: int, batch_size: int, l
   m.sd_milestones = (150, 225)
   m.decoder_channels = ()
   m.train_per_class = 0
+  m.vectorize = True
   return c
 
 
