@@ -46,7 +46,8 @@ M_DENSE, M_MAG, M_JP, M_RAND = 'dense', 'magnitude', 'jackpot', 'jackpot, random
 
 
 def settings(smoke: bool) -> Dict[str, Any]:
-  """Epoch budgets: the default takes about 15 minutes on 2 busy cores, smoke about one."""
+  """Epoch budgets: the default needs about 15 minutes of CPU time on 2 cores (the shared, loaded
+  2-core machine of the README run took over an hour), smoke about one."""
   if smoke:
     return {'pretrain_epochs': 5, 'search_epochs': 2, 'sparsities': (0.95,), 'random': False}
   return {'pretrain_epochs': 10, 'search_epochs': 5, 'sparsities': SPARSITIES, 'random': True}
