@@ -46,7 +46,8 @@ M_DENSE, M_MAG, M_JP, M_RAND = 'dense', 'magnitude', 'jackpot', 'jackpot, random
 
 
 def settings(smoke: bool) -> Dict[str, Any]:
-  """Epoch budgets: the default takes about 15 minutes on 2 busy cores, smoke about one."""
+  """Epoch budgets: the default needs about 15 minutes of CPU time on 2 cores (the shared, loaded
+  2-core machine of the README run took over an hour), smoke about one."""
   if smoke:
     return {'pretrain_epochs': 5, 'search_epochs': 2, 'sparsities': (0.95,), 'random': False}
   return {'pretrain_epochs': 10, 'search_epochs': 5, 'sparsities': SPARSITIES, 'random': True}
@@ -104,18 +105,22 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
       engine = train.Engine(c, method)
       train_ds = engine.train_ds
       # the search loads the best dense checkpoint (common.train.load_variables)
-      rows.append({'method': M_DENSE, 'seed': seed, 'p': 0.0, 'top1': pre['top1_best']})
+      rows.append({'method': M_DENSE, 'arm': M_DENSE, 'seed': seed, 'p': 0.0,
+                   'top1': pre['top1_best']})
       for p in st['sparsities']:
         jp = search_curve(engine, method, seed, p, 'magnitude', train_ds)
-        rows.append({'method': M_MAG, 'seed': seed, 'p': p, 'top1': jp['curve'][0],
+        rows.append({'method': label(M_MAG, p), 'arm': M_MAG, 'seed': seed, 'p': p,
+                     'top1': jp['curve'][0],
                      'sparsity': jp['sparsity'], 'iou_magnitude': 1.0})
-        rows.append({'method': M_JP, 'seed': seed, 'p': p, 'top1': jp['best'],
+        rows.append({'method': label(M_JP, p), 'arm': M_JP, 'seed': seed, 'p': p,
+                     'top1': jp['best'],
                      'top1_last': jp['last'], 'sparsity': jp['sparsity'],
                      'iou_magnitude': jp['iou_magnitude'], 'curve': jp['curve']})
         curves.setdefault((M_JP, p), []).append(jp['curve'])
         if st['random']:
           rd = search_curve(engine, method, seed, p, 'random', train_ds)
-          rows.append({'method': M_RAND, 'seed': seed, 'p': p, 'top1': rd['best'],
+          rows.append({'method': label(M_RAND, p), 'arm': M_RAND, 'seed': seed, 'p': p,
+                       'top1': rd['best'],
                        'top1_last': rd['last'], 'sparsity': rd['sparsity'],
                        'iou_magnitude': rd['iou_magnitude'], 'curve': rd['curve']})
           curves.setdefault((M_RAND, p), []).append(rd['curve'])
@@ -137,8 +142,13 @@ def _log(workdir: str, rows: List[Dict[str, Any]]) -> None:
     print(f"seed {r['seed']} p {r['p']} {r['method']}: top-1 {r['top1']:.4f}", flush=True)
 
 
-def _get(rows, method, p, seed=None, key='top1'):
-  return [r[key] for r in rows if r['method'] == method and r['p'] == p
+def label(arm: str, p: float) -> str:
+  """The row's ``method``: arm and sparsity (``common.reproduce`` groups rows by method)."""
+  return f'{arm} p={p}'
+
+
+def _get(rows, arm, p, seed=None, key='top1'):
+  return [r[key] for r in rows if r['arm'] == arm and r['p'] == p
           and (seed is None or r['seed'] == seed)]
 
 
@@ -153,7 +163,7 @@ def epochs_to_reach(curve: Sequence[float], target: float) -> int:
 
 def checks_of(rows, curves, st, seeds) -> Dict[str, bool]:
   checks = {}
-  dense = float(np.mean([r['top1'] for r in rows if r['method'] == M_DENSE]))
+  dense = float(np.mean([r['top1'] for r in rows if r['arm'] == M_DENSE]))
   ps = st['sparsities']
   if len(ps) == 1:
     p = ps[0]
@@ -184,7 +194,7 @@ def plot_curves(curves, rows, path: str) -> None:
   import matplotlib.pyplot as plt
   ps = sorted({p for (_, p) in curves})
   fig, axes = plt.subplots(1, len(ps), figsize=(4.2 * len(ps), 3.6), squeeze=False)
-  dense = np.mean([r['top1'] for r in rows if r['method'] == M_DENSE])
+  dense = np.mean([r['top1'] for r in rows if r['arm'] == M_DENSE])
   for ax, p in zip(axes[0], ps):
     for label in (M_JP, M_RAND):
       if (label, p) not in curves:

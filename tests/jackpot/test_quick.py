@@ -9,7 +9,7 @@ from jackpot import quick
 def test_quick_smoke(tmp_path):
   out = quick.run(str(tmp_path), seeds=(0,), smoke=True)
   assert out['checks'] and all(out['checks'].values()), out
-  rows = {r['method']: r for r in out['rows']}
+  rows = {r['arm']: r for r in out['rows']}
   assert set(rows) == {quick.M_DENSE, quick.M_MAG, quick.M_JP}
   assert rows[quick.M_DENSE]['top1'] > 0.8
   assert abs(rows[quick.M_JP]['sparsity'] - 0.95) < 1e-3
