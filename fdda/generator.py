@@ -38,7 +38,8 @@ class ConditionalBatchNorm(nn.Module):
                      epsilon=self.epsilon, momentum=0.9, name='bn')(x)
     gamma = self.param('gamma', nn.initializers.ones, (self.num_classes, c))
     beta = self.param('beta', nn.initializers.zeros, (self.num_classes, c))
-    return h * gamma[y][:, None, None, :] + beta[y][:, None, None, :]
+    return (h * jnp.take(gamma, y, axis=0)[:, None, None, :]
+            + jnp.take(beta, y, axis=0)[:, None, None, :])
 
 
 def _upsample2(x):

@@ -1,6 +1,6 @@
 """Post-training quantization with FDDA (zysxmu/FDDA), on ``common.train``.
 
-  python -m common.train --config=fdda/configs/digits_teacher.py --workdir=runs/fdda_teacher
+  python -m fdda.teacher --config=fdda/configs/digits_teacher.py --workdir=runs/fdda_teacher
   python -m fdda.train --config=fdda/configs/digits.py --workdir=runs/fdda_digits \
       --config.method.teacher_checkpoint=runs/fdda_teacher
 
@@ -43,7 +43,8 @@ calibration batches instead), ``early_epochs`` (5: epochs 0-4 take the code's N(
 ``latent_dim``, ``gen_width``, ``gen_lr``, ``gen_b1``, ``gen_b2``, ``gen_milestones``,
 ``gen_gamma``, ``bns_weight`` (0.2), ``d_bns_weight`` (0.9), ``c_bns_weight`` (0.01),
 ``ce_weight`` (0.5 with FDDA), ``ce_c_weight`` (0.5), ``noise_std_mean`` (0.5), ``noise_std_var``
-(1.0), ``alpha`` (20), ``temperature`` (20), ``grid_classes``, ``grid_images``.
+(1.0), ``alpha`` (20), ``temperature`` (20), ``grid_classes``, ``grid_images``,
+``float_student`` (False; True runs the same procedure without quantizers, the bench's reference).
 """
 from __future__ import annotations
 
@@ -125,6 +126,8 @@ class FDDA(train.Method):
       raise train.UserError(f'method.weight_bits / act_bits / first_last_bits: {e} '
                             f'(first_last_bits 0 means "same as the other layers")') from e
     self.m = m
+    # The same network and step without any quantizer (fdda.bench's full-precision reference).
+    self.float_student = bool(m.get('float_student', False))
     for key in ('iterations', 'synthetic_batch', 'calibration_per_class'):
       if int(m.get(key, 1)) <= 0:
         raise train.UserError(f'method.{key} must be a positive integer; got {m.get(key)}')
@@ -160,7 +163,8 @@ class FDDA(train.Method):
     self.bn_names = alignment.bn_names(model, shape)
     self.start = alignment.deep_start(len(self.bn_names))
     self.act_sites = quantize.activation_sites(model, shape)
-    self.act_bit_map = quantize.activation_bits(self.act_sites, self.a_bits, self.fl_bits)
+    self.act_bit_map = ({} if self.float_student else
+                        quantize.activation_bits(self.act_sites, self.a_bits, self.fl_bits))
     return model
 
   def init_variables(self, model, rng, images):
@@ -172,8 +176,9 @@ class FDDA(train.Method):
                             f'{self.config.model.name!r}: {str(e).splitlines()[0]}') from e
     g = gen_lib.init_generator(self.gen, rng)
     self._gen_stats = g['batch_stats']
-    self.w_bit_map = quantize.weight_bits(self.teacher['params'], self.w_bits, self.fl_bits,
-                                          in_channels=self.image_shape[-1])
+    self.w_bit_map = ({} if self.float_student else
+                      quantize.weight_bits(self.teacher['params'], self.w_bits, self.fl_bits,
+                                           in_channels=self.image_shape[-1]))
     return {'params': {'student': self.teacher['params'], 'generator': g['params']},
             'batch_stats': self.teacher['batch_stats']}
 
@@ -193,6 +198,8 @@ class FDDA(train.Method):
     """*Pure*. ``(logits, (lo, hi))`` of the fake-quantized student in eval mode; ``update``
     (bool array) moves the activation ranges by the EMA first (the code's unfixed mode)."""
     p = quantize.quantize_params(student, self.w_bit_map)
+    if not self.act_bit_map:
+      return model.apply({'params': p, 'batch_stats': batch_stats}, x, train=False), (lo, hi)
     tap, ranges = quantize.activation_quant_tap(self.act_bit_map, lo, hi, update=True)
     logits = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=False, tap=tap)
     new_lo, new_hi = ranges()
@@ -203,8 +210,10 @@ class FDDA(train.Method):
 
   def forward(self, model, params, batch_stats, extra, batch, train_: bool, rng):
     p = quantize.quantize_params(params['student'], self.w_bit_map)
-    tap, _ = quantize.activation_quant_tap(self.act_bit_map, extra['act_lo'], extra['act_hi'],
-                                           update=False)
+    tap = None
+    if self.act_bit_map:
+      tap, _ = quantize.activation_quant_tap(self.act_bit_map, extra['act_lo'], extra['act_hi'],
+                                             update=False)
     return model.apply({'params': p, 'batch_stats': batch_stats}, batch['image'], train=False,
                        tap=tap), batch_stats, {}
 
@@ -356,6 +365,7 @@ def synthetic_per_class(gen, gparams, gen_stats, num_classes: int, latent_dim: i
                         per_class: int, seed: int = 0, classes=None):
   """``{c: images [per_class, S, S, C]}`` from the trained generator (one batch per class)."""
   rng = jax.random.PRNGKey(seed)
+  gparams, gen_stats = jax.tree.map(jnp.asarray, (gparams, gen_stats))
   fn = jax.jit(lambda z, y: gen_lib.generate(gen, gparams, gen_stats, z, y))
   out = {}
   for c in (range(num_classes) if classes is None else classes):

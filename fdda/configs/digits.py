@@ -25,7 +25,8 @@ def get_config():
   c.method.iterations = 50
   c.method.warmup_epochs = 8
   c.method.unfixed_epochs = 2
-  c.method.latent_dim = 64
+  c.method.latent_dim = 32
+  c.method.gen_width = 32
   c.method.gen_milestones = (12, 18)
   c.progress_bar = False
   return c

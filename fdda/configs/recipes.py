@@ -40,6 +40,7 @@ def method_config() -> ml_collections.ConfigDict:
   m.noise_std_var = 1.0          # torch.normal(mean=centre, std=1.0)
   m.alpha = 20.0                 # settings.alpha
   m.temperature = 20.0           # settings.temperature
+  m.float_student = False       # True: no quantizers (fdda.bench's full-precision step)
   m.grid_classes = 10            # synthetic_class_<c>.png for the first classes
   m.grid_images = 16
   return m

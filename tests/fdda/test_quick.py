@@ -1,0 +1,17 @@
+"""The FDDA quick experiment at its smallest size: a real outcome on digits (teacher and W4A4
+FDDA student well above chance), the rows and plots of the contract."""
+import os
+
+from fdda import quick
+
+
+def test_quick_smoke(tmp_path):
+  out = quick.run(str(tmp_path), seeds=(0,), smoke=True)
+  assert out['checks'] and all(out['checks'].values()), out['checks']
+  methods = {r['method'] for r in out['rows']}
+  assert methods == {quick.M_FP, quick.M_PTQ, quick.M_FDDA}
+  fdda_row = [r for r in out['rows'] if r['method'] == quick.M_FDDA][0]
+  # W4A4 F4L4 on ResNet-8: packed weights are ~8x smaller than float32 (BN stays float).
+  assert 5.0 < fdda_row['compression_vs_fp32'] < 8.0
+  assert all(os.path.isfile(p) for p in out['plots'])
+  assert os.path.isfile(os.path.join(tmp_path, 'fdda_seed0', 'synthetic_class_0.png'))
