@@ -1172,8 +1172,12 @@ def _load_config_file(path: str):
     return None
 
 
-def cli(method_cls=Method, default_config: str = 'common/configs/resnet20_digits.py'):
+def cli(method_cls=Method, default_config: str = 'common/configs/resnet20_digits.py',
+        runner: Optional[Callable[[Any, str], Dict[str, Any]]] = None):
   """Returns an absl ``main`` that runs ``method_cls`` with ``--config`` and ``--workdir``.
+
+  ``runner(config, workdir) -> results`` replaces ``run(config, workdir, method_cls(config))``
+  for a method that trains in several stages (e.g. one :func:`run_stages` call).
 
   Bad input (unknown config key or value, missing data, unreadable checkpoint, NaN loss) prints one
   line ``error: ...`` on stderr and exits with status 2 (1 for a NaN stop).
@@ -1195,7 +1199,10 @@ def cli(method_cls=Method, default_config: str = 'common/configs/resnet20_digits
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     config = flags_.config
     try:
-      results = run(config, flags_.workdir, method_cls(config))
+      if runner is not None:
+        results = runner(config, flags_.workdir)
+      else:
+        results = run(config, flags_.workdir, method_cls(config))
     except (UserError, ckpt_lib.CheckpointError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
