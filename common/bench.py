@@ -39,17 +39,6 @@ VARIANTS = {
 }
 
 
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  import platform
-  return platform.processor() or 'unknown CPU'
-
 
 def measure(model_name: str, batch: int, steps: int) -> dict:
   """Compile time and steady-state images/s of one engine train step (single device)."""
@@ -342,7 +331,7 @@ def print_cpu_conv(models, batch: int, steps: int) -> None:
   if not torch_reason:
     import torch
     threads = f', torch {torch.__version__} with {torch.get_num_threads()} threads'
-  print(f'CPU conv kernels ({_cpu_name()}{threads}); per 3x3 conv layer at batch {batch}, '
+  print(f'CPU conv kernels ({timing.cpu_name()}{threads}); per 3x3 conv layer at batch {batch}, '
         f'ms (medians of interleaved rounds):', flush=True)
   cols = ['xla_fwd', 'xla_dgrad', 'xla_wgrad', 'kernel_fwd', 'kernel_dgrad', 'kernel_wgrad',
           'hand_wgrad', 'torch_all']
@@ -555,7 +544,8 @@ def main(argv=None):
       print_checkpoint_overhead(model)
     return 0
   r = engine_overhead()
-  print(f'engine overhead ({_cpu_name()}): one epoch of common.train.run on digits (ResNet-20, '
+  from common import timing  # pylint: disable=g-import-not-at-top  (after the XLA flags are set)
+  print(f'engine overhead ({timing.cpu_name()}): one epoch of common.train.run on digits (ResNet-20, '
         f'{r["steps"]} steps, with evaluation, checkpoint, logging, hooks) {r["run_epoch_s"]:.2f} s '
         f'vs the same steps bare {r["bare_steps_s"]:.2f} s: overhead {100 * r["overhead"]:.1f}% '
         f'(target <= 10%)', flush=True)

@@ -31,6 +31,19 @@ class Timing:
   samples: Tuple[float, ...]
 
 
+def cpu_name() -> str:
+  """The CPU model (``model name`` in ``/proc/cpuinfo``), printed beside every measured figure."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  import platform  # pylint: disable=g-import-not-at-top
+  return platform.processor() or platform.machine() or 'unknown CPU'
+
+
 def loop_times(fn: Callable[[], Any], calls: int = 1,
                clocks: Sequence[Callable[[], float]] = (time.perf_counter,)) -> Tuple[float, ...]:
   """Seconds per call on each of ``clocks`` (e.g. wall and process CPU time of the same loop) of

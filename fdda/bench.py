@@ -36,7 +36,6 @@ from common import models
 from common import pretrained
 from common import timing
 from common import train
-from common.bench import _cpu_name
 from fdda import generator as gen_lib
 from fdda.configs import digits as digits_config
 from fdda.train import FDDA
@@ -94,7 +93,7 @@ def bench(widths=None, batch: int = 16, gen_width: int = 32, latent: int = 32,
          'student W4A4': lambda: stu_q(sq1, late, (('joint', True),))[1],
          'student FP': lambda: stu_f(sf1, late, (('joint', True),))[1]}
   t = timing.time_interleaved(fns, repeats=repeats, warmup=2, calls=calls)
-  out = {'cpu': _cpu_name(), 'devices': jax.device_count(), 'batch': batch,
+  out = {'cpu': timing.cpu_name(), 'devices': jax.device_count(), 'batch': batch,
          'generate_images_per_s': batch / t['generate'].median,
          'generator_step_images_per_s': 2 * batch / t['generator step'].median,
          'generator_step_s': t['generator step'].median,

@@ -20,7 +20,6 @@ is <= 1.3x). The weights are random (time does not depend on them).
 from __future__ import annotations
 
 import json
-import platform
 from typing import Any, Dict
 
 import jax
@@ -32,16 +31,6 @@ from common.configs.jackpot_dense import LAYOUTS
 from jackpot.configs.recipes import search_config
 from jackpot.train import Jackpot
 
-
-def cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def build(model: str = 'vgg19', batch: int = 64, hw: int = 32, sparsity: float = 0.9,
@@ -100,7 +89,7 @@ def main(argv=None) -> Dict[str, Any]:
          for k, (step, st) in b['steps'].items()}
   t = timing.time_interleaved(fns, repeats=fl.repeats, warmup=1)
   res = {'model': fl.model, 'batch': fl.batch, 'hw': fl.hw, 'sparsity': fl.sparsity,
-         'cpu': cpu_name(), 'devices': str(jax.devices()[0].platform),
+         'cpu': timing.cpu_name(), 'devices': str(jax.devices()[0].platform),
          **{f'{k}_s': round(v.median, 4) for k, v in t.items()},
          'search_over_finetune': round(t['search_v2'].median / t['finetune'].median, 3),
          'search_v1_over_finetune': round(t['search_v1'].median / t['finetune'].median, 3)}

@@ -25,6 +25,8 @@ import time
 import jax
 import numpy as np
 
+from common import timing
+
 
 def _count_compiles():
   """A list that grows by one per executable built: a backend compile, or a program read back
@@ -48,7 +50,6 @@ def run(steps: int = 60, epochs: int = 0) -> dict:
   per-step cosine length is part of the compiled program)."""
   from common import train
   from pss.configs import digits
-  from pss.latency_table import cpu_name
   from pss.train import PSS
 
   compiles = _count_compiles()
@@ -85,7 +86,7 @@ def run(steps: int = 60, epochs: int = 0) -> dict:
   warm = [i for i in range(steps) if i > max(first.values())]
   host = np.asarray(before) + np.asarray(after)
   step = np.asarray(step_t)
-  out = {'cpu': cpu_name(), 'steps': steps, 'resolutions_seen': sorted(first),
+  out = {'cpu': timing.cpu_name(), 'steps': steps, 'resolutions_seen': sorted(first),
          'compiles_during_training': train_compiles,
          'compiles_expected': len(first),
          'warm_steps': len(warm),

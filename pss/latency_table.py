@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 
-from common import cli
+from common import cli, timing
 from pss.space import Space, _conv_out
 
 SPACES = {
@@ -183,16 +182,6 @@ def measure(keys: Iterable[str], batch: int = 1, repeats: int = 5) -> Dict[str, 
   return out
 
 
-def cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
 
 def main(argv=None) -> int:
   p = cli.ArgumentParser(prog='python -m pss.latency_table', description=__doc__.split('\n')[0])
@@ -205,8 +194,8 @@ def main(argv=None) -> int:
     cli.fail(f'--batch and --repeats must be >= 1; got {a.batch}, {a.repeats}')
   space = SPACES[a.space]()
   keys = all_block_keys(space)
-  print(f'measuring {len(keys)} blocks of {a.space} on {cpu_name()}', flush=True)
-  table = LatencyTable(measure(keys, a.batch, a.repeats), device=cpu_name())
+  print(f'measuring {len(keys)} blocks of {a.space} on {timing.cpu_name()}', flush=True)
+  table = LatencyTable(measure(keys, a.batch, a.repeats), device=timing.cpu_name())
   table.save(a.out)
   r, c = space.sample(np.random.default_rng(0), 1000)
   lat = table.metric(space, r, c)

@@ -309,17 +309,6 @@ def print_binary_rows(layer_rows, e2e_rows, cpu: str = '') -> None:
           f"{mem['simulated_total_bytes'] / 2**20:.2f} MiB float32")
 
 
-def cpu_name() -> str:
-  """The CPU model (``/proc/cpuinfo``), for the benchmark's header."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown CPU'
-
 
 def parse_widths(text: str):
   """``--widths`` as JSON: ``'{"stem": 16, "stages": [16, 32, 64]}'`` or ``'[16, 16, ...]'``."""
@@ -369,10 +358,10 @@ def run_binary(p, a, end_to_end: Callable):
                           isa, repeats=a.repeats + 2)
   except ValueError as e:
     p.error(str(e))
-  print_binary_rows(layers, e2e, cpu_name())
+  print_binary_rows(layers, e2e, timing.cpu_name())
   if a.json_out:
     with open(a.json_out, 'w') as f:
-      json.dump({'cpu': cpu_name(), 'layers': layers, 'end_to_end': e2e}, f, indent=1)
+      json.dump({'cpu': timing.cpu_name(), 'layers': layers, 'end_to_end': e2e}, f, indent=1)
   return {'layers': layers, 'end_to_end': e2e}
 
 

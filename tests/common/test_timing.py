@@ -53,3 +53,14 @@ def test_loop_times_on_two_clocks_and_bad_arguments():
     timing.chained(jnp.sin, (1,), 0)
   out = jax.block_until_ready(timing.chained(lambda a: a + 1.0, (3,), 5)(jnp.zeros(3)))
   assert out.shape == (3,)
+
+
+def test_cpu_name_is_the_cpuinfo_model_name():
+  import os
+  name = timing.cpu_name()
+  assert isinstance(name, str) and name
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      models = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
+    if models:
+      assert name == models[0]
