@@ -19,7 +19,7 @@ VGG-tiny (16,16,M,32,32,M,64,64,M), masks after each ReLU, lambda 0.01, digits u
 Stage-1 lr: 0.01. The brief's 0.1 (the CIFAR scripts' value) diverges on this model and data
 set: the gate ``g = u M`` multiplies the pooled features by about ``1 + (K - 1) / 2 = 5.5`` at
 init, which makes the classifier's effective step ~30x the dense model's; at 0.1 and at 0.05
-the class model stays at chance (loss 5-9, measured), the failure of zyxxmu/White-Box issue #2.
+the class model stays at chance (loss 5-9, measured), the failure of github.com/zyxxmu/White-Box/issues/2.
 
 Checks: White-Box >= random channels (mean over seeds); White-Box vs L1 is reported with the
 spread, whatever its sign; equal widths and >= 50% FLOPs reduction in every arm; no layer emptied;
