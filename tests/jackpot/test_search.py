@@ -150,7 +150,7 @@ def test_popup_without_ties_is_per_layer_top_k():
     assert int(q) == int((ref & ~b).sum())
 
 
-def test_popup_unchanged_under_engineered_tie():
+def test_popup_unchanged_under_a_constructed_tie():
   # A tie at tau makes |B| > |A|: the equal-count rule of final_pop_up leaves b as it is.
   s3 = np.array([0.5, 0.5, 0.9, 0.8, 0.1, 0.7], np.float32)
   b3 = np.array([1, 1, 0, 1, 0, 1], bool)       # k = 2 pruned at 0.9 and 0.1
