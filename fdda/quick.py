@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import plots as plots_lib
 from common import train
 from common.compile_cache import persistent_compilation_cache as compilation_cache
 from fdda.configs import digits as digits_config
@@ -166,7 +167,8 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
                      'top1_before_finetune': res.get('top1_before_finetune'),
                      'compression_vs_fp32': res['bits_summary']['compression_vs_fp32'],
                      'seconds': res['seconds']})
-  plots = [_plot_curves(curves, os.path.join(workdir, 'fdda_top1_vs_epoch.png'))]
+  plots = [plots_lib.accuracy_curves(curves, os.path.join(workdir, 'fdda_top1_vs_epoch.png'),
+                                     title='FDDA W4A4 on digits, ResNet-8 (option B)')]
   plots += _plot_synthetic(workdir, seeds[0], [l for l in (M_BNS, M_FDDA) if l in arms])
   with open(os.path.join(workdir, 'lr_sweep.json'), 'w') as f:
     json.dump({'heldout_split': digits_teacher.HELDOUT_SPLIT, 'top1_last': sweep,
@@ -197,26 +199,6 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
         for l in arms if l != M_FP)
   return {'rows': rows, 'plots': plots, 'checks': checks}
 
-
-def _plot_curves(curves: Dict[str, List[List[float]]], path: str) -> str:
-  """Test top-1 vs epoch of the fine-tuned arms: mean over seeds with a min-max band."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for label, cs in curves.items():
-    a = np.asarray(cs)
-    ep = np.arange(1, a.shape[1] + 1)
-    ax.plot(ep, a.mean(0), label=label)
-    ax.fill_between(ep, a.min(0), a.max(0), alpha=0.2)
-  ax.set_xlabel('epoch')
-  ax.set_ylabel('test top-1')
-  ax.set_title('FDDA W4A4 on digits, ResNet-8 (option B)')
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
 
 
 def _plot_synthetic(workdir: str, seed: int, labels) -> List[str]:

@@ -32,6 +32,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from common.compile_cache import persistent_compilation_cache as compilation_cache
+from common import plots as plots_lib
 from common import train
 from recu.configs import digits as digits_config
 from recu.train import ReCU, plot_diagnostics, plot_weight_histogram
@@ -106,7 +107,7 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
 
   plots = []
   p = os.path.join(workdir, 'recu_top1_vs_epoch.png')
-  _plot_curves(curves, p)
+  plots_lib.accuracy_curves(curves, p, title='digits, ResNet-20 width 1/2')
   plots.append(p)
   p = os.path.join(workdir, 'recu_diagnostics.png')
   plot_diagnostics(finals[M_RECU][1], p, 'ReCU (first seed)')
@@ -139,25 +140,6 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
         for r in out_rows if r['method'] == M_NOCLAMP)
   return {'rows': out_rows, 'plots': plots, 'checks': checks}
 
-
-def _plot_curves(curves: Dict[str, List[List[float]]], path: str) -> None:
-  """Test top-1 vs epoch, mean over seeds with a min-max band, one line per arm."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for label, cs in curves.items():
-    a = np.asarray(cs)
-    ep = np.arange(1, a.shape[1] + 1)
-    ax.plot(ep, a.mean(0), label=label)
-    ax.fill_between(ep, a.min(0), a.max(0), alpha=0.2)
-  ax.set_xlabel('epoch')
-  ax.set_ylabel('test top-1')
-  ax.set_title('digits, ResNet-20 width 1/2')
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 if __name__ == '__main__':

@@ -2,11 +2,12 @@
 claim that learned BNN weights are roughly Laplacian) and accuracy-vs-epoch curves."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict
 
 import numpy as np
 
 from common import transforms
+from common.plots import accuracy_curves  # noqa: F401  (siman.plots.accuracy_curves)
 from siman import siman
 
 
@@ -58,25 +59,3 @@ def weight_histogram(panels: Dict[str, Any], path: str, title: str = '', bins: i
   plt.close(fig)
   return path
 
-
-def accuracy_curves(curves: Dict[str, Sequence[Sequence[float]]], path: str,
-                    title: str = 'test top-1 vs epoch (mean, band = min..max over seeds)') -> str:
-  """Mean test top-1 per epoch for each method, with the min..max band over seeds."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.4, 4.0))
-  for label, runs in curves.items():
-    n = min(len(r) for r in runs)
-    arr = np.asarray([r[:n] for r in runs], np.float64)
-    ep = np.arange(1, n + 1)
-    ax.plot(ep, arr.mean(0), marker='.', label=label)
-    ax.fill_between(ep, arr.min(0), arr.max(0), alpha=0.2)
-  ax.set_xlabel('epoch')
-  ax.set_ylabel('test top-1')
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
