@@ -24,14 +24,15 @@ which every official repository reimplemented here trains with):
   fan_in / fan_out follow PyTorch: ``fan_in = C_in/groups * k * k``, ``fan_out = C_out * k * k``
   (Flax's variance-scaling on HWIO kernels computes exactly these).
 
-CPU training convolutions: with ``COMPRESS_JAX_CPU_CONV=1`` in the environment (or inside
-``with cpu_conv(True):`` while a model is traced) the convs built here, depthwise ones included,
-compute through ``xla_ext.conv.conv_general_dilated``: oneDNN's forward, input-gradient and
-weight-gradient kernels on CPU, XLA's own convolution on every other platform (chosen per platform
-with ``jax.lax.platform_dependent`` when the program is lowered). Parameters, initialisers and
-shapes are unchanged; values and gradients equal XLA's up to float32 summation order. Off by
-default; without the compiled kernels (``xla_ext.conv.available()`` False) a warning is given once
-and XLA's convolution runs.
+CPU training convolutions: by default the convs built here, depthwise ones included, compute
+through ``xla_ext.conv.conv_general_dilated``: oneDNN's forward, input-gradient and weight-gradient
+kernels on CPU, XLA's own convolution on every other platform (chosen per platform with
+``jax.lax.platform_dependent`` when the program is lowered). Parameters, initialisers and shapes
+are unchanged; values and gradients equal XLA's up to float32 summation order.
+``COMPRESS_JAX_CPU_CONV=0`` in the environment (or ``with cpu_conv(False):`` while a model is
+traced) keeps XLA's convolution everywhere. Without the compiled kernels
+(``xla_ext.conv.available()`` False) XLA's convolution runs, with a warning once when the kernels
+were asked for explicitly (``=1`` or ``cpu_conv(True)``).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ DENSE_INITS = ('pytorch', 'kaiming_normal_fan_in', 'kaiming_normal_fan_out', 'fl
 
 CPU_CONV_ENV = 'COMPRESS_JAX_CPU_CONV'
 _CPU_CONV_ON = ('1', 'true', 'on', 'yes')
-_CPU_CONV_OFF = ('', '0', 'false', 'off', 'no')
+_CPU_CONV_OFF = ('0', 'false', 'off', 'no')
 _cpu_conv_override: contextvars.ContextVar = contextvars.ContextVar('cpu_conv', default=None)
 _cpu_conv_warned = False
 
@@ -100,23 +101,32 @@ def bias_init(init: str, fan_in: int, *, is_dense: bool = False):
   return init_fn
 
 
-def cpu_conv_enabled() -> bool:
-  """Whether the convs built now use the CPU kernels: the innermost :func:`cpu_conv` context, else
-  ``$COMPRESS_JAX_CPU_CONV`` (1/true/on/yes or 0/false/off/no/unset; default off).
-
-  Raises:
-    ValueError: the environment variable holds anything else.
-  """
+def _cpu_conv_setting() -> Optional[bool]:
+  """The explicit choice: the innermost :func:`cpu_conv` context, else ``$COMPRESS_JAX_CPU_CONV``
+  (1/true/on/yes -> True, 0/false/off/no -> False); None when neither says (unset or empty)."""
   override = _cpu_conv_override.get()
   if override is not None:
     return override
   value = os.environ.get(CPU_CONV_ENV, '').strip().lower()
+  if value == '':
+    return None
   if value in _CPU_CONV_ON:
     return True
   if value in _CPU_CONV_OFF:
     return False
   raise ValueError(f'{CPU_CONV_ENV}={os.environ[CPU_CONV_ENV]!r}: allowed values are '
-                   f'{list(_CPU_CONV_ON)} (on) or {list(_CPU_CONV_OFF)} (off)')
+                   f'{list(_CPU_CONV_ON)} (on), {list(_CPU_CONV_OFF)} (off), or unset (on)')
+
+
+def cpu_conv_enabled() -> bool:
+  """Whether the convs built now use the CPU kernels: the innermost :func:`cpu_conv` context, else
+  ``$COMPRESS_JAX_CPU_CONV`` (1/true/on/yes or 0/false/off/no); on when neither says.
+
+  Raises:
+    ValueError: the environment variable holds anything else.
+  """
+  setting = _cpu_conv_setting()
+  return True if setting is None else setting
 
 
 @contextlib.contextmanager
@@ -136,11 +146,12 @@ def cpu_conv_fn():
   """``xla_ext.conv.conv_general_dilated`` when the CPU kernels are enabled and built, else None
   (the conv then calls ``lax.conv_general_dilated`` as usual)."""
   global _cpu_conv_warned
-  if not cpu_conv_enabled():
+  setting = _cpu_conv_setting()
+  if setting is False:
     return None
   from xla_ext import conv as xla_conv  # pylint: disable=g-import-not-at-top
   if not xla_conv.available():
-    if not _cpu_conv_warned:
+    if setting and not _cpu_conv_warned:   # the default falls back silently
       warnings.warn(f'{CPU_CONV_ENV} is on but the CPU conv kernels are not available '
                     f'({xla_conv.load_error()}); using XLA\'s convolution')
       _cpu_conv_warned = True

@@ -1,5 +1,5 @@
-"""The zoo's conv layers on the CPU conv kernels (``common.models.layers.cpu_conv``): off by
-default, switched by the environment or a context, same losses and gradients as XLA's convs for
+"""The zoo's conv layers on the CPU conv kernels (``common.models.layers.cpu_conv``): on by
+default, switched off by the environment or a context, same losses and gradients as XLA's convs for
 networks with 3x3 / 1x1 / strided / depthwise convs, and XLA's path when the kernels are absent."""
 import warnings
 
@@ -55,8 +55,9 @@ def _lowered_text(name, enabled):
 
 def test_switch_reads_the_environment_and_the_context(monkeypatch):
   monkeypatch.delenv(L.CPU_CONV_ENV, raising=False)
-  assert not L.cpu_conv_enabled()
-  for value, want in (('1', True), ('on', True), ('0', False), ('off', False), ('', False)):
+  assert L.cpu_conv_enabled()
+  for value, want in (('1', True), ('on', True), ('0', False), ('off', False), ('', True),
+                      ('No', False)):
     monkeypatch.setenv(L.CPU_CONV_ENV, value)
     assert L.cpu_conv_enabled() is want
     with L.cpu_conv(not want):
@@ -69,8 +70,15 @@ def test_switch_reads_the_environment_and_the_context(monkeypatch):
       pass
 
 
+def _forward_text():
+  model = _net('vgg_tiny')
+  x = jnp.zeros((2, 16, 16, 3))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  return jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables).as_text()
+
+
 @needs_kernels
-def test_off_by_default_and_on_when_asked(monkeypatch):
+def test_on_by_default_and_off_when_asked(monkeypatch):
   monkeypatch.delenv(L.CPU_CONV_ENV, raising=False)
   off = _lowered_text('mobilenet_v2', False)
   on = _lowered_text('mobilenet_v2', True)
@@ -79,12 +87,10 @@ def test_off_by_default_and_on_when_asked(monkeypatch):
     assert xc.TARGETS[target] in on
   # Every conv of the network, depthwise included, takes the kernels on CPU.
   assert 'stablehlo.convolution' not in on
-  monkeypatch.setenv(L.CPU_CONV_ENV, '1')
-  model = _net('vgg_tiny')
-  x = jnp.zeros((2, 16, 16, 3))
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
-  text = jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables).as_text()
-  assert xc.TARGETS['fwd'] in text
+  assert xc.TARGETS['fwd'] in _forward_text()          # nothing set: on
+  monkeypatch.setenv(L.CPU_CONV_ENV, '0')
+  text = _forward_text()
+  assert 'xla_ext_conv' not in text and 'stablehlo.convolution' in text
 
 
 @needs_kernels
@@ -110,8 +116,14 @@ def test_unavailable_kernels_warn_and_fall_back(monkeypatch):
   monkeypatch.setattr(xc, '_lib', None)
   monkeypatch.setattr(xc, '_load_error', 'no oneDNN here')
   monkeypatch.setattr(L, '_cpu_conv_warned', False)
+  monkeypatch.delenv(L.CPU_CONV_ENV, raising=False)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
-    text = _lowered_text('vgg_tiny', True)
+    text = _forward_text()                              # the default: XLA, silently
+  assert 'xla_ext_conv' not in text and 'stablehlo.convolution' in text
+  assert not any('no oneDNN here' in str(w.message) for w in caught)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    text = _lowered_text('vgg_tiny', True)              # asked for: XLA, with a warning
   assert 'xla_ext_conv' not in text and 'stablehlo.convolution' in text
   assert any('no oneDNN here' in str(w.message) for w in caught)
