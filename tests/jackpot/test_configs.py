@@ -2,6 +2,8 @@
 (zyxxmu/lottery-jackpots ``models/``): conv-weight counts of VGG-19 (20.02M), the wide ResNet-32
 (1.844M) and ResNet-50 (23.45M, classifier excluded), no conv bias in VGG-19, a 1x1-conv
 classifier with bias, and the yaml hyperparameters."""
+import math
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -60,3 +62,14 @@ def test_config_errors():
   with pytest.raises(ValueError, match='jackpot_dense model must be one of'):
     jackpot_dense.get_config('resnet56,cifar10')
   assert digits.get_config().model.name in models.MODELS
+
+
+def test_digits_recipe_keeps_the_official_lr_per_example():
+  """The digits search runs at batch 32; its lr is the CIFAR recipe's (0.1 at batch 256) scaled
+  linearly with the batch, so each example moves the scores as far as in the official runs."""
+  d, c = digits.get_config(), cifar.get_config('vgg19,cifar10,0.95,30')
+  assert d.dataset.batch_size == 32 < c.dataset.batch_size
+  assert math.isclose(d.optimizer.learning_rate / d.dataset.batch_size,
+                      c.optimizer.learning_rate / c.dataset.batch_size)
+  assert (d.optimizer.momentum, d.optimizer.weight_decay, d.schedule.name) == (
+      c.optimizer.momentum, c.optimizer.weight_decay, c.schedule.name)
