@@ -108,6 +108,13 @@ def test_report_files_schedule_and_rerun_resumes(smoke):
   c = quick.config_for(0, smoke=True)
   assert len(rows) == c.method.session_epochs // c.method.passes_per_epoch
   assert all(0 < r['active_fraction'] < 1 and r['penalty'] >= 0 for r in rows)
+  # The gate slope reaches the step as LEC's epoch counter (one full-batch step per LEC epoch,
+  # counted from 0 in every session): engine epoch k averages beta_e = 1 + max(e - 20, 0) over
+  # e = k P .. (k + 1) P - 1 (smoke: 1.4 and 18.0).
+  p = c.method.passes_per_epoch
+  want = [np.mean([1.0 + max(e - 20, 0) for e in range(k * p, (k + 1) * p)])
+          for k in range(len(rows))]
+  np.testing.assert_allclose([r['beta'] for r in rows], want, rtol=1e-6)
   before = json.load(open(os.path.join(run_dir, 'sessions.json')))
   again = lec_train.run(c, run_dir)       # every stage is finished: nothing retrains
   assert json.dumps(again['table'], sort_keys=True) == json.dumps(before, sort_keys=True)
@@ -135,3 +142,26 @@ def test_bad_input_is_one_clear_error(tmp_path):
   errors = [l for l in p.stderr.splitlines() if l.startswith('error:')]
   assert errors == ['error: method.r must be in [0, 1] (a fraction of the 64 nodes); got 1.5'], \
       p.stderr[-2000:]
+
+
+def test_what_trains_in_each_session():
+  """Session s of an LEC arm trains ``expand_s`` and ``head_s`` only (the old branches, heads,
+  ``W_1`` and backbone keep their session s-1 values; ``method.train_node`` adds ``W_1``);
+  Ft-CNN trains everything it uses; the base session trains backbone, ``W_1`` and the base head."""
+  keys = ['net', 'node', 'head_0', 'head_1', 'head_2', 'head_3', 'expand_1', 'expand_2',
+          'expand_3']
+  params = {k: {'w': np.zeros(1)} for k in keys}
+
+  def trained(session, arm, train_node=False):
+    c = quick.config_for(0, smoke=False)
+    c.method.train_node = train_node
+    m = lec_train.FSCILMethod(c, proto=None, session=session, arm=arm)
+    mask = m.trainable_mask(params)
+    return sorted(k for k in keys if mask[k]['w'])
+
+  assert trained(0, '') == ['head_0', 'net', 'node']
+  for arm in ('lec', 'lec_no_penalty', 'lec_no_gate'):
+    assert trained(2, arm) == ['expand_2', 'head_2']
+  assert trained(3, 'lec', train_node=True) == ['expand_3', 'head_3', 'node']
+  assert trained(2, 'finetune') == ['head_0', 'head_1', 'head_2', 'net', 'node']
+  assert trained(2, 'prototype') == []
