@@ -165,3 +165,55 @@ def test_what_trains_in_each_session():
   assert trained(3, 'lec', train_node=True) == ['expand_3', 'head_3', 'node']
   assert trained(2, 'finetune') == ['head_0', 'head_1', 'head_2', 'net', 'node']
   assert trained(2, 'prototype') == []
+
+
+def test_penalty_gradient_in_the_lec_step_is_the_closed_form():
+  """The LEC step's loss differs from the no-penalty arm's by exactly ``0.1 R`` and its gradient
+  by ``0.1 dR/dW_aux,s = 0.1 / N * alpha (1 - alpha) * beta * mean_b x`` on ``expand_s`` alone
+  (``get_loss``: ``0.1 * R1`` on the training gate ``self.alpha``); with ``W_1`` and the old heads
+  frozen KD contributes a constant and no gradient."""
+  import jax
+  n, s, epoch = 8, 2, 23                  # beta = 1 + (23 - 20) = 4
+  model = LECNet('resnet8', base_classes=4, way=2, sessions=3, nodes=n,
+                 backbone_widths={'stem': 4, 'stages': [4, 4, 8], 'inner': [[4], [4], [8]]})
+  rs = np.random.RandomState(0)
+  gates = jnp.asarray(np.concatenate([np.ones((1, n)), rs.uniform(0, 1, (3, n))]), jnp.float32)
+  images = jnp.asarray(rs.randn(6, 16, 16, 3), jnp.float32)
+  labels = jnp.asarray([6, 7, 6, 7, 6, 7])
+  v = model.init(jax.random.PRNGKey(0), images, session=3, gates=gates)
+  params, stats = v['params'], v['batch_stats']
+  extra = {'gates': gates, 'teacher': {k: w for k, w in params.items() if k != 'net'}}
+  batch = {'image': images, 'label': labels, 'method': {'lec_epoch': np.int32(epoch)}}
+
+  def loss_and_grad(arm):
+    c = quick.config_for(0, smoke=False)
+    m = lec_train.FSCILMethod(c, proto=None, session=s, arm=arm)
+    fn = train._method_loss(m)
+    mask = m.trainable_mask(params)
+
+    def obj(p):
+      p = jax.tree.map(lambda w, t: w if t else jax.lax.stop_gradient(w), p, mask)
+      return fn(model, p, stats, extra, batch, jax.random.PRNGKey(1))
+
+    (loss, (_, new_extra, mets, _)), g = jax.value_and_grad(obj, has_aux=True)(params)
+    return float(loss), g, mets, new_extra
+
+  l_pen, g_pen, m_pen, extra_pen = loss_and_grad('lec')
+  l_free, g_free, _, _ = loss_and_grad('lec_no_penalty')
+  x = np.asarray(model.apply(v, images, False, method=LECNet.features), np.float64)
+  w = np.asarray(params[f'expand_{s}'], np.float64)
+  beta = 1.0 + (epoch - 20)
+  alpha = 1.0 / (1.0 + np.exp(-beta * (x @ w).mean(0)))
+  assert alpha.mean() > 0.1                                     # the hinge is active
+  assert l_pen - l_free == pytest.approx(0.1 * (alpha.mean() - 0.1), abs=1e-5)
+  assert float(m_pen['beta']) == beta
+  np.testing.assert_allclose(np.asarray(extra_pen['gates'][s]), alpha, rtol=1e-5)
+  want = 0.1 / n * np.outer(x.mean(0), alpha * (1 - alpha) * beta)
+  np.testing.assert_allclose(np.asarray(g_pen[f'expand_{s}']) - np.asarray(g_free[f'expand_{s}']),
+                             want, rtol=1e-4, atol=1e-8)
+  for k in params:
+    if k != f'expand_{s}':
+      for a, b in zip(jax.tree.leaves(g_pen[k]), jax.tree.leaves(g_free[k])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for k in ('net', 'node', 'head_0', 'head_1', 'expand_1'):
+    assert all(not np.asarray(a).any() for a in jax.tree.leaves(g_pen[k])), k
