@@ -217,3 +217,67 @@ def test_penalty_gradient_in_the_lec_step_is_the_closed_form():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for k in ('net', 'node', 'head_0', 'head_1', 'expand_1'):
     assert all(not np.asarray(a).any() for a in jax.tree.leaves(g_pen[k])), k
+
+
+def test_diagnose_block_confusion_and_expansion_gradients(smoke):
+  from lecnet import diagnose
+  # Hand-made: base 2 (classes 0, 1), way 1 (class 2 = session 1, class 3 = session 2);
+  # (true, predicted) blocks (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 2), (2, 2).
+  conf = diagnose.block_confusion([0, 2, 3, 1, 2, 3, 3], [0, 0, 1, 2, 2, 3, 3], 2, 1, 2)
+  np.testing.assert_array_equal(conf, [[1, 1, 1], [1, 1, 0], [0, 0, 2]])
+  with pytest.raises(ValueError, match='beyond session 1'):
+    diagnose.block_confusion([3], [0], 2, 1, 1)
+
+  # Gradients against a float64 NumPy forward by central differences and the penalty's closed form.
+  rs = np.random.RandomState(0)
+  f, n, base, way, s = 6, 5, 3, 2, 2
+  p = {'node': rs.randn(f, n), 'head_0': rs.randn(n, base), 'head_1': rs.randn(n, way),
+       'head_2': rs.randn(n, way), 'expand_1': rs.randn(f, n), 'expand_2': rs.randn(f, n)}
+  x = np.abs(rs.randn(7, f))
+  y = np.array([5, 6, 5, 6, 5, 6, 5])
+  gates = np.concatenate([np.ones((1, n)), rs.uniform(0, 1, (2, n))])
+  beta = 3.0
+
+  def np_ce(w):
+    nz = lambda v: v / (1e-6 + np.linalg.norm(v, axis=1, keepdims=True))
+    u = x @ p['node']
+    alpha = 1 / (1 + np.exp(-beta * (x @ w).mean(0)))
+    z = [nz(u), nz(0.6 * u + gates[1] * (x @ p['expand_1'])), nz(0.6 * u + alpha * (x @ w))]
+    lg = np.concatenate([zj @ p[f'head_{j}'] for j, zj in enumerate(z)], 1)
+    lg = lg - lg.max(1, keepdims=True)
+    return -np.mean(lg[np.arange(len(y)), y] - np.log(np.exp(lg).sum(1)))
+
+  jp = {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}
+  g_ce, g_pen, alpha = diagnose.expansion_gradients(jp, jnp.asarray(x, jnp.float32),
+                                                    jnp.asarray(y), s, jnp.asarray(gates),
+                                                    beta, r=0.1, penalty_weight=0.1)
+  w = p['expand_2']
+  for _ in range(3):
+    d = rs.randn(f, n)
+    fd = (np_ce(w + 1e-5 * d) - np_ce(w - 1e-5 * d)) / 2e-5
+    assert float(np.sum(np.asarray(g_ce) * d)) == pytest.approx(fd, rel=1e-3, abs=1e-5)
+  a = 1 / (1 + np.exp(-beta * (x @ w).mean(0)))
+  np.testing.assert_allclose(np.asarray(alpha), a, rtol=1e-5)
+  assert a.mean() > 0.1
+  np.testing.assert_allclose(np.asarray(g_pen), 0.1 / n * np.outer(x.mean(0), a * (1 - a) * beta),
+                             rtol=1e-4, atol=1e-8)
+
+  # On the smoke run: the reported joint accuracy and the test set's block sizes.
+  wd, _ = smoke
+  c = quick.config_for(0, smoke=True)
+  out = diagnose.diagnose(c, os.path.join(wd, 'seed0'))
+  row, = out['sessions']
+  conf = np.asarray(row['block_confusion'])
+  with open(os.path.join(wd, 'seed0', 'sessions.json')) as fh:
+    table = json.load(fh)
+  assert row['accuracy'] == pytest.approx(table['lec'][1]['acc_joint'], abs=1e-6)
+  assert np.trace(conf) / conf.sum() >= row['accuracy']   # a right block may hold a wrong class
+  labels = lec_train.build_protocol(c).test_set(1).labels()
+  np.testing.assert_array_equal(conf.sum(1), [(labels < 4).sum(), (labels >= 4).sum()])
+  for tag in ('start', 'end'):
+    g = row[f'gate_gradient_{tag}']
+    assert g['penalty_t_mean'] > 0 and 0 <= g['ce_raises_t_fraction'] <= 1
+  assert row['gate_gradient_start']['beta'] == 1.0
+  assert os.path.exists(os.path.join(wd, 'seed0', 'diagnosis_lec.json'))
+  with pytest.raises(UserError, match="arm must be one of"):
+    diagnose.diagnose(c, os.path.join(wd, 'seed0'), arm='finetune')
