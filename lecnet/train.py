@@ -265,6 +265,8 @@ class FSCILMethod(train.Method):
     logits, alpha = model.apply(v, x, session=s, gates=gates, beta=beta,
                                 method=LECNet.classify)
     aux = {'alpha': alpha}
+    if use_gate:
+      aux['beta'] = beta
     if train_:
       tv = {'params': dict(params, **extra['teacher'])}
       teacher, _ = model.apply(tv, x, session=s - 1, gates=gates, method=LECNet.classify)
@@ -289,6 +291,8 @@ class FSCILMethod(train.Method):
     if self.arm != 'lec_no_gate':
       out['active_fraction'] = lec.active_fraction(aux['alpha'])
       out['gate_mean'] = jnp.mean(aux['alpha'])
+    if 'beta' in aux:
+      out['beta'] = aux['beta']
     return total, out
 
   def eval_metrics(self, logits, batch, aux):
