@@ -133,8 +133,8 @@ def run(lr: float, epochs: int, batch: int, lam: float = 0.01, gated: bool = Tru
       opt.zero_grad()
       loss.backward()
       opt.step()
-      ces.append(float(ce))
-      accs.append(float((logits.argmax(1) == labels[idx]).float().mean()))
+      ces.append(ce.item())
+      accs.append((logits.argmax(1) == labels[idx]).float().mean().item())
     out.append({'ce': float(np.mean(ces)), 'top1': float(np.mean(accs)),
                 'first_ce': [round(c, 2) for c in ces[:5]]})
   return out

@@ -1,6 +1,8 @@
 """White-Box quick experiment on digits (the ``common.reproduce`` contract).
 
-  python -m whitebox.quick runs/quick/whitebox
+  python -m whitebox.quick runs/quick/whitebox [--seeds=0,1,2] [--class_epochs=5] [--smoke]
+
+(a different ``--class_epochs`` needs its own workdir: each seed's stages resume from it.)
 
 VGG-tiny (16,16,M,32,32,M,64,64,M), masks after each ReLU, lambda 0.01, digits upsampled to
 32x32 (``whitebox/configs/digits.py``). Per seed, one staged run (``common.train.run_stages``,
@@ -29,9 +31,10 @@ epoch (cross-entropy 6.26 over epoch 0, then 2.30, chance, with lambda 0.01 and 
 while the same network without masks trains at 0.1 (test top-1 0.73 after 3 epochs). The
 official code does the same on this model and data: a PyTorch transcription of
 zyxxmu/White-Box ``model/vgg_cifar.py: VGG_Class`` (its ``ClassScale_Gaussian`` backward) and
-``cifar.py: train_class`` gives epoch-0 cross-entropy 6.27 at lr 0.1 (per step 2.3, 9.4, 22.6,
-35.5, ...) and then chance, also at the scripts' batch 256; so it is the method's step size on
-this network, not a port error (numbers in the package README).
+``cifar.py: train_class`` (``python -m whitebox.official_lr_check``) gives epoch-0 cross-entropy
+6.61 at lr 0.1 (per step 2.32, 11.5, 17.5, 24.0, ...) and then chance, also at the scripts'
+batch 256; so it is the method's step size on this network, not a port error (numbers in the
+package README).
 
 Checks: White-Box >= random channels (mean over seeds); White-Box vs L1 is reported with the
 spread, whatever its sign; equal widths and >= ``TARGET`` FLOPs reduction in every arm; no layer
