@@ -1,12 +1,15 @@
 """White-Box quick experiment on digits (the ``common.reproduce`` contract).
 
-  python -m whitebox.quick runs/quick/whitebox
+  python -m whitebox.quick runs/quick/whitebox [--seeds=0,1,2] [--class_epochs=5] [--smoke]
+
+(a different ``--class_epochs`` needs its own workdir: each seed's stages resume from it.)
 
 VGG-tiny (16,16,M,32,32,M,64,64,M), masks after each ReLU, lambda 0.01, digits upsampled to
-32x32. Per seed, one staged run (``common.train.run_stages``, resumable):
+32x32 (``whitebox/configs/digits.py``). Per seed, one staged run (``common.train.run_stages``,
+resumable):
 
 1. ``classwise``: ``CLASS_EPOCHS`` epochs of class-wise training at a constant lr, batch 64;
-2. the vote to a 50% FLOPs reduction, then ``FT_EPOCHS`` epochs of fine-tuning (SGD 0.05,
+2. the vote to a ``TARGET`` FLOPs reduction, then ``FT_EPOCHS`` epochs of fine-tuning (SGD 0.05,
    momentum 0.9, per-epoch cosine, wd 5e-4), for three arms at the same per-layer widths (the
    vote's), all inheriting the same class model with the same BN fold ``sum_k M / 2``:
 
@@ -16,14 +19,26 @@ VGG-tiny (16,16,M,32,32,M,64,64,M), masks after each ReLU, lambda 0.01, digits u
    * ``random channels``: per layer a seeded random subset (the arm that switches off only the
      paper's mechanism, the mask-driven choice of channels).
 
-Stage-1 lr: 0.01. The brief's 0.1 (the CIFAR scripts' value) diverges on this model and data
-set: the gate ``g = u M`` multiplies the pooled features by about ``1 + (K - 1) / 2 = 5.5`` at
-init, which makes the classifier's effective step ~30x the dense model's; at 0.1 and at 0.05
-the class model stays at chance (loss 5-9, measured), the failure of github.com/zyxxmu/White-Box/issues/2.
+Why -75% and 5 fine-tuning epochs: at -50% with 15 fine-tuning epochs every arm reached
+0.997-1.000 top-1 (3 seeds: White-Box 0.9972 +- 0.0028, L1 0.9991 +- 0.0016, random 0.9981 +-
+0.0016), one test error apart, so no channel choice could be told from another. The target is now
+the official VGG-16 script's (``scripts/vgg.sh --pruning_rate 0.75``), and the fine-tuning is a
+third as long, so that what the compact model inherits still shows in its accuracy; both settings
+apply to every arm alike, and every arm is selected by its best test epoch as the code does.
+
+Stage-1 lr: 0.01, not the CIFAR scripts' 0.1. At 0.1 this class model diverges in its first
+epoch (cross-entropy 6.26 over epoch 0, then 2.30, chance, with lambda 0.01 and with lambda 0)
+while the same network without masks trains at 0.1 (test top-1 0.73 after 3 epochs). The
+official code does the same on this model and data: a PyTorch transcription of
+zyxxmu/White-Box ``model/vgg_cifar.py: VGG_Class`` (its ``ClassScale_Gaussian`` backward) and
+``cifar.py: train_class`` (``python -m whitebox.official_lr_check``) gives epoch-0 cross-entropy
+6.61 at lr 0.1 (per step 2.32, 11.5, 17.5, 24.0, ...) and then chance, also at the scripts'
+batch 256; so it is the method's step size on this network, not a port error (numbers in the
+package README).
 
 Checks: White-Box >= random channels (mean over seeds); White-Box vs L1 is reported with the
-spread, whatever its sign; equal widths and >= 50% FLOPs reduction in every arm; no layer emptied;
-class-specific mask patterns (per-channel std across classes > 0).
+spread, whatever its sign; equal widths and >= ``TARGET`` FLOPs reduction in every arm; no layer
+emptied; class-specific mask patterns (per-channel std across classes > 0).
 """
 from __future__ import annotations
 
@@ -39,8 +54,9 @@ from common.compile_cache import persistent_compilation_cache as compilation_cac
 from whitebox import train as wb_train
 from whitebox.configs import digits as digits_config
 
-CLASS_EPOCHS = 5
-FT_EPOCHS = 15
+CLASS_EPOCHS = digits_config.get_config().method.classwise_epochs
+FT_EPOCHS = digits_config.get_config().num_epochs
+TARGET = digits_config.get_config().method.flops_target
 ARMS = (('White-Box', 'whitebox'), ('L1-norm filters', 'l1'), ('random channels', 'random'))
 
 
@@ -117,14 +133,18 @@ def plot(rows, path: str) -> str:
   return path
 
 
-def run(workdir: str, seeds=(0, 1, 2), smoke: bool = False) -> Dict[str, Any]:
+def run(workdir: str, seeds=(0, 1, 2), smoke: bool = False,
+        class_epochs: int = CLASS_EPOCHS) -> Dict[str, Any]:
   """The quick experiment (module docstring). ``smoke``: one seed, 2 + 2 epochs, the White-Box
-  and random arms."""
+  and random arms. ``class_epochs``: the length of stage 1 (the same class model for every
+  arm)."""
   os.makedirs(workdir, exist_ok=True)
   seeds = tuple(seeds)[:1] if smoke else tuple(seeds)
   if not seeds:
     raise ValueError('seeds must hold at least one seed')
-  ce, fe = (2, 2) if smoke else (CLASS_EPOCHS, FT_EPOCHS)
+  if isinstance(class_epochs, bool) or not isinstance(class_epochs, int) or class_epochs < 1:
+    raise ValueError(f'class_epochs must be a positive int; got {class_epochs!r}')
+  ce, fe = (2, 2) if smoke else (class_epochs, FT_EPOCHS)
   arms = (ARMS[0], ARMS[2]) if smoke else ARMS
   rows, seed_info = [], []
   with compilation_cache(os.path.join(workdir, 'xla_cache')):
@@ -139,7 +159,8 @@ def run(workdir: str, seeds=(0, 1, 2), smoke: bool = False) -> Dict[str, Any]:
                      for s in seeds)
   checks = {
       'every arm keeps the vote\'s per-layer widths (same widths per seed)': widths_equal,
-      'FLOPs reduction >= 50% in every arm': all(r['flops_reduction'] >= 0.5 for r in rows),
+      f'FLOPs reduction >= {TARGET:.0%} in every arm':
+          all(r['flops_reduction'] >= TARGET for r in rows),
       'no layer emptied': all(min(_flat(r['widths'])) >= 1 for r in rows),
       'class masks are class-specific (mean per-channel std across classes > 0)':
           all(i['mask_class_std_mean'] > 0 for i in seed_info),
@@ -165,8 +186,23 @@ def _flat(w):
   return [int(w)]
 
 
-if __name__ == '__main__':
-  import sys
-  out = run(sys.argv[1] if len(sys.argv) > 1 else 'runs/quick/whitebox')
+def main(argv=None) -> Dict[str, Any]:
+  from common import cli
+  ap = cli.ArgumentParser(prog='python -m whitebox.quick', description=__doc__.split('\n')[0])
+  ap.add_argument('workdir', nargs='?', default='runs/quick/whitebox')
+  ap.add_argument('--seeds', default='0,1,2', help='comma-separated ints')
+  ap.add_argument('--class_epochs', type=int, default=CLASS_EPOCHS,
+                  help=f'class-wise (stage-1) epochs, >= 1 (default {CLASS_EPOCHS})')
+  ap.add_argument('--smoke', action='store_true', help='the smallest version (one seed, 2 + 2)')
+  fl = ap.parse_args(argv)
+  seeds = cli.parse_list(fl.seeds, '--seeds', int, lambda v: v >= 0, 'non-negative ints')
+  if fl.class_epochs < 1:
+    cli.fail(f'--class_epochs must be >= 1; got {fl.class_epochs}')
+  out = run(fl.workdir, seeds, smoke=fl.smoke, class_epochs=fl.class_epochs)
   print(json.dumps({'summary': out['summary'], 'checks': out['checks'], 'plots': out['plots']},
                    indent=2))
+  return out
+
+
+if __name__ == '__main__':
+  main()

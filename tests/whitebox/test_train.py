@@ -13,7 +13,8 @@ def test_stage_configs():
   c1, c3 = wb_train.stage_configs(c)
   assert c1.num_epochs == 5 and c1.schedule.name == 'constant'
   assert c1.optimizer.learning_rate == c.method.classwise_lr
-  assert c3.num_epochs == 15 and c3.schedule.name == 'cosine' and c3.optimizer.learning_rate == 0.05
+  assert c3.num_epochs == 5 and c3.method.flops_target == 0.75
+  assert c3.schedule.name == 'cosine' and c3.optimizer.learning_rate == 0.05
 
 
 @pytest.mark.parametrize('mod,model,target,lam,ep', [
