@@ -29,7 +29,11 @@ accuracy (``fdda/README.md`` has the table). The bit width is the same for every
 The student learning rate is chosen once, before the seeds run, by a sweep over ``LR_GRID`` of the
 calibration-only arm evaluated on the held-out ``train[1200:]`` (never on the test split); every
 fine-tuned arm uses it. Rows report the last epoch's test top-1 (the code's best-epoch-on-test
-selection is not repeated). Plots: test top-1 per arm (mean and spread), synthetic images per
+selection is not repeated); the rows of the generator arms also carry
+:func:`alignment_diagnostic` (distance of the synthetic images' BN statistics to the class
+centres, inter-class separation) and ``top1_before_finetune`` (ranges calibrated on synthetic
+images, no student update), the two places where FDDA's alignment can show before fine-tuning.
+Plots: test top-1 per arm (mean and spread), synthetic images per
 class for FDDA and plain BNS. On a task this small, gaps within one standard deviation of the
 paired seed differences are reported as no effect.
 """
@@ -210,11 +214,14 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
         wd = os.path.join(workdir, f'{name}_seed{seed}')
         res = train.run(c, wd, FDDA(c))
         curves.setdefault(label, []).append([m['test_top1'] for m in train.read_metrics(wd)])
-        rows.append({'method': label, 'seed': seed, 'top1': res['top1_last'],
-                     'top1_best': res['top1_best'], 'lr': lr,
-                     'top1_before_finetune': res.get('top1_before_finetune'),
-                     'compression_vs_fp32': res['bits_summary']['compression_vs_fp32'],
-                     'seconds': res['seconds']})
+        row = {'method': label, 'seed': seed, 'top1': res['top1_last'],
+               'top1_best': res['top1_best'], 'lr': lr,
+               'top1_before_finetune': res.get('top1_before_finetune'),
+               'compression_vs_fp32': res['bits_summary']['compression_vs_fp32'],
+               'seconds': res['seconds']}
+        if arm != 'calibration':
+          row.update(alignment_diagnostic(wd, seed=seed))
+        rows.append(row)
   plots = [plots_lib.accuracy_curves(curves, os.path.join(workdir, 'fdda_top1_vs_epoch.png'),
                                      title=f'FDDA W{WEIGHT_BITS}A{ACT_BITS} on digits, ResNet-8 (option B)')]
   plots += _plot_synthetic(workdir, seeds[0], [l for l in (M_BNS, M_FDDA) if l in arms])
@@ -222,11 +229,11 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
     json.dump({'heldout_split': digits_teacher.HELDOUT_SPLIT, 'top1_last': sweep,
                'chosen': lr}, f, indent=1, default=str)
 
-  def per_seed(label):
-    return {r['seed']: r['top1'] for r in rows if r['method'] == label}
+  def per_seed(label, key='top1'):
+    return {r['seed']: r[key] for r in rows if r['method'] == label and r.get(key) is not None}
 
-  def gap(a, b):
-    pa, pb = per_seed(a), per_seed(b)
+  def gap(a, b, key='top1'):
+    pa, pb = per_seed(a, key), per_seed(b, key)
     d = np.asarray([pa[s] - pb[s] for s in seeds if s in pa and s in pb])
     return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else float('nan')
 
@@ -242,6 +249,14 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
       mu, sd = gap(a, b)
       checks[f'{a} > {b} by more than one std of the paired gap ({mu:+.4f} +- {sd:.4f})'] = bool(
           mu > sd)
+    # The mechanism, before any student update: FDDA's per-class statistics nearer the real
+    # centres than GDFQ's, and the activation ranges calibrated on its images.
+    mu, sd = gap(M_BNS, M_FDDA, 'centre_distance')
+    checks[f'FDDA synthetic BN statistics nearer the class centres than plain BNS ones (C_BNS '
+           f'lower by {mu:+.4f} +- {sd:.4f})'] = bool(mu > sd)
+    mu, sd = gap(M_FDDA, M_BNS, 'top1_before_finetune')
+    checks[f'ranges calibrated on FDDA synthetic images beat plain BNS ones before fine-tuning '
+           f'({mu:+.4f} +- {sd:.4f})'] = bool(mu > sd)
     checks['full precision is the ceiling'] = all(
         np.mean(list(per_seed(M_FP).values())) >= np.mean(list(per_seed(l).values()))
         for l in arms if l != M_FP)
@@ -249,9 +264,50 @@ def run(workdir: str, seeds: Sequence[int] = (0, 1, 2), smoke: bool = False) -> 
 
 
 
+def alignment_diagnostic(workdir: str, per_class: int = 16, seed: int = 0) -> Dict[str, float]:
+  """How close a finished generator arm's synthetic images come to the real per-class BN
+  statistics (the quantity FDDA's C_BNS / D_BNS losses pull on, Sec. 3 of the paper), measured
+  through the teacher in eval mode on ``per_class`` images of every class:
+
+  * ``centre_distance``: mean over classes c of ``C_BNS`` (:func:`fdda.alignment.centralized_loss`)
+    of class c's synthetic batch against class c's calibration-image centres, deep half
+    (``l >= s``);
+  * ``class_separation`` / ``class_separation_real``: the mean pairwise distance between classes of
+    the deep-layer BN-input means (:func:`fdda.alignment.class_separation`) of the synthetic
+    batches / of the real calibration images (the paper's inter-class separation).
+
+  ``workdir``: a ``fdda.train`` run with a generator (arm 'fdda' or 'bns').
+  """
+  from common import models
+  from fdda import alignment
+  st = train.load_state(workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    cfg = json.load(f)
+  m = cfg['method']
+  k, size = 10, 32
+  model = models.get_model(cfg['model']['name'], k, **cfg['model'].get('kwargs', {}))
+  names = alignment.bn_names(model, (1, size, size, 3))
+  start = alignment.deep_start(len(names))
+  teacher = jax.tree.map(jnp.asarray, st['extra']['teacher'])
+  cm = [np.asarray(a) for a in st['extra']['centre_mean']]
+  cv = [np.asarray(a) for a in st['extra']['centre_var']]
+  gen = Generator(k, img_size=size, latent_dim=m['latent_dim'], width=m['gen_width'])
+  imgs = synthetic_per_class(gen, st['params']['generator'], st['extra']['gen_stats'], k,
+                             m['latent_dim'], per_class, seed)
+  dist, syn_means = [], [[] for _ in names]
+  for c in range(k):
+    _, mu, var = alignment.batch_stats_of_inputs(model, teacher, jnp.asarray(imgs[c]), names)
+    dist.append(float(alignment.centralized_loss(mu, var, [a[c] for a in cm], [a[c] for a in cv],
+                                                 start)))
+    for l, x in enumerate(mu):
+      syn_means[l].append(np.asarray(x))
+  return {'centre_distance': float(np.mean(dist)),
+          'class_separation': alignment.class_separation([np.stack(x) for x in syn_means], start),
+          'class_separation_real': alignment.class_separation(cm, start)}
+
+
 def _plot_synthetic(workdir: str, seed: int, labels) -> List[str]:
-  """One row of synthetic images per class (4 each) for every generator arm, plus the
-  inter-class separation of their deep-layer BN statistics against the real centres."""
+  """One row of synthetic images per class (4 each) for every generator arm of ``seed``."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt

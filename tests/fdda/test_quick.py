@@ -15,5 +15,9 @@ def test_quick_smoke(tmp_path):
   # parameters and biases keep the model above that bound but well past the 8x of 4 bits.
   assert (quick.WEIGHT_BITS, quick.ACT_BITS) == (3, 3)
   assert 8.0 < fdda_row['compression_vs_fp32'] < 32.0 / 3.0
+  # The alignment diagnostic of the generator arm: a C_BNS is a mean of squares, the real
+  # calibration images of different classes have different deep-layer statistics.
+  assert fdda_row['centre_distance'] >= 0.0
+  assert fdda_row['class_separation'] >= 0.0 and fdda_row['class_separation_real'] > 0.0
   assert all(os.path.isfile(p) for p in out['plots'])
   assert os.path.isfile(os.path.join(tmp_path, 'fdda_seed0', 'synthetic_class_0.png'))
