@@ -93,6 +93,17 @@ def test_pick_class_restricted_to_correct():
   assert set(np.asarray(picks).tolist()) == {0, 1, 2, 3, 4}
 
 
+def test_class_separation_is_mean_pairwise_distance_of_deep_layers():
+  # Three classes at (0, 0), (3, 4), (0, 4) over two deep layers of one channel each: pairwise
+  # distances 5, 3 and 4, mean 4. The shallow layer 0 (below start) must not count.
+  shallow = np.asarray([[100.0], [-50.0], [7.0]])
+  deep_a = np.asarray([[0.0], [3.0], [0.0]])
+  deep_b = np.asarray([[0.0], [4.0], [4.0]])
+  np.testing.assert_allclose(A.class_separation([shallow, deep_a, deep_b], start=1), 4.0,
+                             rtol=1e-6)
+  assert A.class_separation([deep_a, deep_a * 0.0, deep_b * 0.0], start=1) == 0.0
+
+
 def test_student_kd_vanishes_when_student_equals_teacher():
   r = np.random.RandomState(4)
   s = jnp.asarray(r.randn(6, 10) * 3, jnp.float32)
