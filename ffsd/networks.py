@@ -36,6 +36,8 @@ from ffsd import modules
 
 VARIANTS = ('ffsd', 'dml')
 _BLOCK_OUT = re.compile(r'^layer(\d+)_(\d+)/out$')
+_DENSENET_SITES = ('dense1/out', 'dense2/out', 'act_last')
+_GOOGLENET_SITES = ('inception_b3/out', 'inception_e4/out', 'inception_b5/out')
 
 
 def _stage_outputs(sites: Sequence[str]) -> List[str]:
@@ -57,16 +59,23 @@ def feature_sites(model_name: str, sites: Sequence[str]) -> Tuple[str, ...]:
   (SJLeo/FFSD ``models/resnet_cifar.py`` / ``resnet_imagenet.py``: ``extract_layers = ['layer1',
   'layer2', 'layer3'(, 'layer4')]``). WRN (``models/wideresnet_cifar.py``: ``['layer1',
   'layer2', 'relu1']``): the outputs of stages 1 and 2, then the final BN-ReLU ``act_last``.
+  DenseNet (``models/densenet_cifar.py``: ``['dense1', 'dense2', 'relu']``): the outputs of dense
+  blocks 1 and 2, then ``act_last``. GoogLeNet (``models/googlenet_cifar.py``:
+  ``['inception_b3', 'inception_e4', 'inception_b5']``): those inceptions' outputs.
 
   Raises:
-    ValueError: a model whose sites match neither rule.
+    ValueError: a model whose sites match none of these rules.
   """
+  for fixed in (_DENSENET_SITES, _GOOGLENET_SITES):
+    if all(s in sites for s in fixed):
+      return fixed
   stages = _stage_outputs(sites)
   if model_name.startswith('wrn') and 'act_last' in sites and len(stages) == 3:
     return tuple(stages[:2]) + ('act_last',)
   if len(stages) < 2:
     raise ValueError(f'FFSD needs >= 2 feature taps; model {model_name!r} has no '
-                     f"'layer<s>_<b>/out' sites (known families: CIFAR / ImageNet ResNets, WRN)")
+                     f"'layer<s>_<b>/out' sites (known families: CIFAR / ImageNet ResNets, WRN, "
+                     f"DenseNet, GoogLeNet)")
   return tuple(stages)
 
 

@@ -16,6 +16,7 @@ lists / dicts. Initialisers: see ``common.models.layers``.
 Registered families: ``resnet_cifar`` (resnet8..110, resnet32_wide), ``vgg`` (vgg11/13/16/19,
 vgg_tiny), ``resnet`` (resnet18/34/50), ``mobilenet_v1`` (+ _tiny), ``mobilenet_v2`` (+ _cifar),
 ``wrn`` (wrn_16_2, wrn_40_2 and the width-1 wrn_16_1, wrn_40_1), ``regnet`` (regnetx_600mf),
+``densenet`` (densenet40), ``googlenet`` (the CIFAR GoogLeNet),
 ``slimmable`` (slim_mobilenet_v1[_tiny], slim_mobilenet_v2: masked supernets).
 A paper package registers its own networks when it is imported (``import recu`` adds the
 ``recu_*`` binary networks, ``import siman`` the ``siman_*`` ones, both built from
@@ -30,6 +31,7 @@ from common.models import mobilenet_v1, mobilenet_v2, resnet, resnet_cifar, vgg 
 from common.models import slimmable  # noqa: F401  (slim_mobilenet_v1[_tiny], slim_mobilenet_v2)
 from common.models import regnet  # noqa: F401
 from common.models import wrn  # noqa: F401
+from common.models import densenet, googlenet  # noqa: F401  (FFSD's CIFAR DenseNet-40, GoogLeNet)
 
 __all__ = ['MODELS', 'Entry', 'LayerSpec', 'Tap', 'canonical_widths', 'default_widths',
            'get_model', 'layer_specs', 'register', 'tap_sites']

@@ -11,7 +11,8 @@ Quirk kept: the final BatchNorm is built with ``momentum=0.9`` in PyTorch (runni
 0.9 batch), i.e. Flax momentum 0.1; every other BN has PyTorch's 0.1 (Flax 0.9).
 
 Init (``reset_parameters``): conv kernels N(0, 2 / (k k C_out)), BN (1, 0); conv biases and the
-Linear keep PyTorch's defaults (U(+-1/sqrt(fan_in))).
+Linear keep PyTorch's defaults (U(+-1/sqrt(fan_in))). The convs take the zoo's CPU convolution
+kernels like every ``common.models.layers.conv`` (``COMPRESS_JAX_CPU_CONV``).
 
 Width config: ``{'stem': int, 'stages': [int, int, int]}`` (defaults 16 and ``[16k, 32k, 64k]``).
 Registered names: ``wrn_16_2``, ``wrn_40_2`` (and ``wrn_16_1``, ``wrn_40_1`` for tiny runs).
@@ -39,7 +40,8 @@ def _conv(features: int, kernel: int, in_ch: int, stride: int, name: str) -> nn.
   p = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
                  use_bias=True, kernel_init=L.kernel_init('kaiming_normal_fan_out'),
-                 bias_init=L.bias_init('pytorch', in_ch * kernel * kernel), name=name)
+                 bias_init=L.bias_init('pytorch', in_ch * kernel * kernel),
+                 conv_general_dilated=L.cpu_conv_fn(), name=name)
 
 
 class WideBasic(nn.Module):

@@ -12,9 +12,10 @@ warmed up over the first 5 epochs as in the code. ``--config.method.variant=dml`
 baseline, ``--config.method.variant=dml --config.method.num_students=1`` the network alone.
 No published number: the quick experiment checks leader >= DML >= alone.
 
-``method.vectorize=False``: on XLA:CPU a convolution vmapped over stacked weights lowers to a
-grouped convolution, which that backend runs through a slow generic loop (``ffsd.bench`` measures
-it); the students therefore run one by one on the CPU recipe (the same numbers, tested).
+``method.vectorize=False``: on the CPU the vmapped students are slower than the same students one
+by one (``ffsd.bench``: 1.22x with the zoo's oneDNN convolutions, which run a vmapped call
+sequentially; 3.8x with XLA's, which turns it into a slow grouped convolution); the students
+therefore run one by one on the CPU recipe (the same numbers, tested).
 """
 from ffsd.configs.recipes import ffsd_config
 

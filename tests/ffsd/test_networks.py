@@ -43,6 +43,34 @@ def test_feature_sites_and_shapes(system):
   assert count(v['params']['leader']) * 2 == count(v['params']['students'])
 
 
+# GoogLeNet's taps and decoder widths are checked at full width by
+# tests/ffsd/test_quick.py::test_cifar100_rows_build_with_the_official_feature_taps; its whole
+# system's gradient compiles for minutes on a loaded 2-core CPU, so only DenseNet trains here.
+@pytest.mark.parametrize('name,widths,sites,chans', [
+    ('densenet40', {'stem': 4, 'growth': [[2]] * 3}, ('dense1/out', 'dense2/out', 'act_last'),
+     (6, 8, 10))])
+def test_densenet_system_trains_on_its_official_taps(name, widths, sites, chans):
+  model = models.get_model(name, 5, widths=widths)
+  # The decoders' widths are the shallower taps' (the code's DIYSelfDistillationModel lists).
+  nets = networks.build(model, name, (8, 8, 3), num_students=2, num_classes=5,
+                        decoder_channels=(chans[1], chans[0]))
+  assert nets.sites == sites
+  assert nets.feature_shapes == ((8, 8, chans[0]), (4, 4, chans[1]), (2, 2, chans[2]))
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 8, 8, 3)), jnp.float32)
+  y = jnp.asarray([0, 1, 2, 3])
+  v = nets.init(jax.random.PRNGKey(0), x)
+
+  def loss(p):
+    out, _ = nets.train_outputs(p, v['batch_stats'], x)
+    return ffsd_lib.total_loss(out, y, LAMS)[0], out
+  (val, out), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(v['params'])
+  assert np.isfinite(float(val))
+  assert [t.shape for t in out['sd_decoded']] == [(2, 4, 8, 8, chans[0]), (2, 4, 4, 4, chans[1])]
+  assert out['fusion_in'].shape == (4, 2, 2, 2 * chans[2])
+  for net in ('students', 'leader', 'fusion', 'trans_fusion', 'sd'):
+    assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(g[net])), net
+
+
 def test_decoder_shapes_cifar_and_imagenet():
   d = modules.SelfDistillationDecoder(modules.halving_channels(64, 2))
   x = jnp.zeros((2, 8, 8, 64))

@@ -92,7 +92,10 @@ def test_imagenet_resnet18_features_and_decoder():
 
 @pytest.mark.parametrize('arg,shapes', [
     ('resnet32', ((32, 32, 16), (16, 16, 32), (8, 8, 64))),
-    ('wrn_16_2', ((32, 32, 32), (16, 16, 64), (8, 8, 128)))])
+    ('wrn_16_2', ((32, 32, 32), (16, 16, 64), (8, 8, 128))),
+    # SJLeo/FFSD: DIYSelfDistillationModel([456, 312, 168]) / ([1024, 832, 480]).
+    ('densenet40', ((32, 32, 168), (16, 16, 312), (8, 8, 456))),
+    ('googlenet', ((32, 32, 480), (16, 16, 832), (8, 8, 1024)))])
 def test_cifar100_rows_build_with_the_official_feature_taps(arg, shapes):
   import importlib.util
   from common import models
@@ -103,8 +106,11 @@ def test_cifar100_rows_build_with_the_official_feature_taps(arg, shapes):
   spec.loader.exec_module(mod)
   c = mod.get_config(arg)
   model = models.get_model(c.model.name, 100, **c.model.kwargs.to_dict())
-  nets = networks.build(model, c.model.name, (32, 32, 3), 2, 100)
+  nets = networks.build(model, c.model.name, (32, 32, 3), 2, 100,
+                        decoder_channels=tuple(c.method.decoder_channels) or None)
   assert nets.feature_shapes == shapes
-  assert nets.decoder.channels == (shapes[1][-1], shapes[0][-1])   # halving matches the taps
-  with pytest.raises(ValueError, match='densenet40'):
-    mod.get_config('densenet40')
+  # Every decoder block reconstructs the width of the tap it is compared with.
+  assert nets.decoder.channels == (shapes[1][-1], shapes[0][-1])
+  with pytest.raises(ValueError, match=r"unknown CIFAR-100 FFSD backbone 'vgg16'; allowed: .*"
+                     r"'densenet40', 'googlenet'"):
+    mod.get_config('vgg16')
