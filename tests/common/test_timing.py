@@ -31,9 +31,11 @@ def test_sleeps_are_timed_side_by_side():
 
 
 def test_chained_loop_measures_a_known_work_ratio():
-  x = jnp.ones((128, 128), jnp.float32)
+  # 256x256 matmuls: enough work per call that dispatch overhead, which a loaded machine inflates,
+  # stays small next to it (at 128x128 the ratio fell under 4x at load average ~15).
+  x = jnp.full((256, 256), 1.0 / 256, jnp.float32)
   step = lambda a, w: jnp.tanh(a @ w)
-  one, many = timing.chained(step, (128, 128), 4), timing.chained(step, (128, 128), 64)
+  one, many = timing.chained(step, (256, 256), 4), timing.chained(step, (256, 256), 64)
   assert jnp.allclose(one(x, x), jnp.tanh(x @ x))
   t = timing.time_interleaved({'one': lambda: one(x, x), 'many': lambda: many(x, x)}, repeats=5,
                               min_seconds=0.01)
