@@ -252,13 +252,40 @@ def bench_binary_end_to_end(fns: Dict[str, Callable], image_shape, batches=(1,),
   return rows
 
 
+def xla_conv_jit(f: Callable) -> Callable:
+  """``f`` jitted and traced with XLA's own convolutions (``common.models.layers.cpu_conv(False)``,
+  what ``COMPRESS_JAX_CPU_CONV=0`` gives), one compilation per input shape: the float baseline
+  as it ran before the oneDNN kernels, side by side with the default one in the same process."""
+  from common.models import layers
+  jf, compiled = jax.jit(f), {}
+
+  def g(x):
+    key = (tuple(x.shape), str(x.dtype))
+    if key not in compiled:
+      with layers.cpu_conv(False):
+        compiled[key] = jf.lower(x).compile()
+    return compiled[key](x)
+  return g
+
+
+def end_to_end_rows(exported, fns: Dict[str, Callable], model: str, hw: int, batches,
+                    repeats: int):
+  """:func:`bench_binary_end_to_end` of ``{'binary': exported, **fns}`` plus ``model, hw, isa,
+  memory`` and ``speedup_vs_<name>`` for every other fn (``float``: the default convs, oneDNN on
+  CPU; ``float_xla``: XLA's; ``simulated``: the float {-1, +1} network)."""
+  rows = bench_binary_end_to_end({'binary': exported, **fns}, (hw, hw, 3), batches, repeats)
+  for r in rows:
+    r.update(model=model, hw=hw, isa=exported.isa, memory=exported.memory(),
+             **{f'speedup_vs_{k}': r[f'{k}_ms'] / r['binary_ms'] for k in fns})
+  return rows
+
+
 def recu_end_to_end(model: str = 'recu_resnet18', widths=None, hw: int = 224, batches=(1,),
                     isa: str = 'auto', repeats: int = 5):
   """The exported binary ReCU network against the same graph in full precision
-  (``binary=False``: plain float convs, no binarizer, no alpha) and against the simulated
-  binary network (float convs of ``{-1, +1}``), side by side. Returns
-  :func:`bench_binary_end_to_end` rows plus ``isa``, ``speedup_vs_float``,
-  ``speedup_vs_simulated`` and the packed model's ``memory``."""
+  (``binary=False``: plain float convs, no binarizer, no alpha; with the default convs and with
+  XLA's) and against the simulated binary network (float convs of ``{-1, +1}``), side by side.
+  Returns :func:`end_to_end_rows`."""
   from common import models
   from recu.export_binary import export_binary
   from recu.train import binarize_params
@@ -270,15 +297,10 @@ def recu_end_to_end(model: str = 'recu_resnet18', widths=None, hw: int = 224, ba
   vf = random_trained_variables(fp, shape)
   exported = export_binary(bnn, v, isa=isa)
   eff = {'params': binarize_params(v['params'], 1.0), 'batch_stats': v['batch_stats']}
-  fns = {'binary': exported,
-         'float': jax.jit(lambda x: fp.apply(vf, x, train=False)),
+  fwd = lambda x: fp.apply(vf, x, train=False)
+  fns = {'float': jax.jit(fwd), 'float_xla': xla_conv_jit(fwd),
          'simulated': jax.jit(lambda x: bnn.apply(eff, x, train=False))}
-  rows = bench_binary_end_to_end(fns, shape, batches, repeats)
-  for r in rows:
-    r.update(model=model, hw=hw, isa=exported.isa, memory=exported.memory(),
-             speedup_vs_float=r['float_ms'] / r['binary_ms'],
-             speedup_vs_simulated=r['simulated_ms'] / r['binary_ms'])
-  return rows
+  return end_to_end_rows(exported, fns, model, hw, batches, repeats)
 
 
 def print_binary_rows(layer_rows, e2e_rows, cpu: str = '') -> None:
@@ -301,8 +323,9 @@ def print_binary_rows(layer_rows, e2e_rows, cpu: str = '') -> None:
   for r in e2e_rows:
     mem = r['memory']
     print(f"end to end {r['model']} {r['hw']}x{r['hw']} batch {r['batch']} isa {r['isa']}: "
-          f"binary {r['binary_ms']:.2f} ms, float {r['float_ms']:.2f} ms, simulated "
-          f"{r['simulated_ms']:.2f} ms: {r['speedup_vs_float']:.2f}x vs float, "
+          f"binary {r['binary_ms']:.2f} ms, float {r['float_ms']:.2f} ms (XLA convs "
+          f"{r['float_xla_ms']:.2f} ms), simulated {r['simulated_ms']:.2f} ms: "
+          f"{r['speedup_vs_float']:.2f}x vs float ({r['speedup_vs_float_xla']:.2f}x vs XLA convs), "
           f"{r['speedup_vs_simulated']:.2f}x vs simulated; weights "
           f"{mem['total_bytes'] / 2**20:.2f} MiB packed (binary "
           f"{mem['packed_weight_bytes'] / 2**20:.2f} + float {mem['fp_bytes'] / 2**20:.2f}) vs "
