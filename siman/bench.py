@@ -72,11 +72,13 @@ def bench(model: str = 'siman_vgg_small', widths=None, batch: int = 128, hw: int
 
 
 def siman_end_to_end(model: str = 'siman_resnet18', widths=None, hw: int = 224,
-                     batches: Sequence[int] = (1,), isa: str = 'auto', repeats: int = 5):
+                     batches: Sequence[int] = (1,), isa: str = 'auto', repeats: int = 5,
+                     clock: str = 'wall'):
   """The exported binary SiMaN network against the same graph in full precision
   (``act_binarizer='none'`` and float kernels: plain float convs, alpha kept; with the default
   convs and with XLA's) and against the simulated binary network (``2B - 1`` kernels,
-  centred-sign activations), side by side. Returns ``recu.bench.end_to_end_rows``."""
+  centred-sign activations), side by side; ``clock`` as ``recu.bench.bench_binary_layers``.
+  Returns ``recu.bench.end_to_end_rows``."""
   from common import models
   from siman.export_binary import export_binary
   shape = (hw, hw, 3)
@@ -87,12 +89,12 @@ def siman_end_to_end(model: str = 'siman_resnet18', widths=None, hw: int = 224,
   codes = siman.binary_codes(v['params'], 'median')
   exported = export_binary(bnn, {'params': v['params'],
                                  'batch_stats': dict(v['batch_stats'], **{CODES: codes})},
-                           isa=isa)
+                           isa=isa, num_threads=1 if clock == 'cpu' else 0)
   eff = {'params': siman.binarize_params(v['params'], codes), 'batch_stats': v['batch_stats']}
   fwd = lambda x: fp.apply(v, x, train=False)
   fns = {'float': jax.jit(fwd), 'float_xla': xla_conv_jit(fwd),
          'simulated': jax.jit(lambda x: bnn.apply(eff, x, train=False))}
-  return end_to_end_rows(exported, fns, model, hw, batches, repeats)
+  return end_to_end_rows(exported, fns, model, hw, batches, repeats, clock)
 
 
 def main(argv=None):
