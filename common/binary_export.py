@@ -19,7 +19,8 @@ replaces, during ``apply``,
   the model's own code for what follows.
 
 Each binary conv's input is the model's own activation binarizer (``act_binarizer(x, train=False)``:
-ReCU ``sign(x)``, SiMaN ``sign((x - mean) / std)`` per sample), packed by ``x < 0``: the packed
+ReCU ``sign(x)``, SiMaN ``sign((x - mean) / std)`` per sample; or, given ``sign_equivalents``, a
+cheaper function with the same signs, e.g. SiMaN's ``x - mean``), packed by ``x < 0``: the packed
 form has no zero, so where the simulated ``sign`` gives exactly 0 the export uses +1 (a
 measure-zero event for the float inputs of a trained network). Integer accumulations are exact;
 the epilogue is the same float32 arithmetic as flax's BatchNorm (``(y - mean) * (gamma /
@@ -108,7 +109,8 @@ def _act(module, name):
 
 
 def export(model: nn.Module, variables: Dict[str, Any], *, backend: str = 'auto',
-           isa: str = 'auto', num_threads: int = 0) -> BinaryExport:
+           isa: str = 'auto', num_threads: int = 0,
+           sign_equivalents: Optional[Dict[Callable, Callable]] = None) -> BinaryExport:
   """Exports a trained binary ``bnn_layers`` network to bit-packed inference.
 
   Args:
@@ -120,6 +122,11 @@ def export(model: nn.Module, variables: Dict[str, Any], *, backend: str = 'auto'
     backend: 'auto' | 'ffi' | 'jax' (``xla_ext.binconv.binary_conv2d``).
     isa: 'auto' | 'generic' | 'avx2' | 'avx512' (the kernel's instruction set).
     num_threads: threads of XLA's intra-op pool for each conv (0 = all).
+    sign_equivalents: ``{act_binarizer: z}``, for binarizers whose output has the sign of a
+      cheaper ``z(x)`` (``sign(z(x)) == act_binarizer(x, train=False)`` wherever the latter is not
+      0): a binary conv whose module's binarizer is a key packs ``z(x)`` instead. E.g. SiMaN's
+      ``sign((a - mean) / std)`` has the sign of ``a - mean`` (std > 0), so its export skips the
+      variance and the division (``siman.export_binary``). Other binarizers run as they are.
   Returns:
     a :class:`BinaryExport`; ``export(...)(images)`` equals ``model.apply(variables, images,
     train=False)`` (same integer counts; float epilogue to rounding).
@@ -158,6 +165,14 @@ def export(model: nn.Module, variables: Dict[str, Any], *, backend: str = 'auto'
   if use_ffi:
     kw['isa'] = isa_name
 
+  equivalents = dict(sign_equivalents or {})
+
+  def pack_input(module, x):
+    """``[B, H, W, C]`` float -> uint32 ``[B, H, W, ceil(C / 32)]``: the signs the module's
+    binary conv sees, packed (0 -> +1, ``binconv.pack_bits``)."""
+    z = equivalents.get(module.act_binarizer)
+    return binconv.pack_bits(z(x) if z is not None else module.act_binarizer(x, False))
+
   def conv(packed_tree, module, name, xp, stride, **epi):
     key = '/'.join(module.path + (name,))
     alpha = module.variables['params'][name]['alpha']
@@ -175,21 +190,23 @@ def export(model: nn.Module, variables: Dict[str, Any], *, backend: str = 'auto'
           sc = x
         elif m.shortcut == 'fp_conv':
           k = m.variables['params']['downsample_0']['kernel']
-          sc = jax.lax.conv_general_dilated(x, k, (m.stride, m.stride), ((0, 0), (0, 0)),
-                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+          # The conv the model's own nn.Conv runs (oneDNN on CPU unless switched off).
+          fp_conv = L.cpu_conv_fn() or jax.lax.conv_general_dilated
+          sc = fp_conv(x, k, (m.stride, m.stride), ((0, 0), (0, 0)),
+                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
           mean, mul, beta = _bn(m, 'downsample_1')
           sc = (sc - mean) * mul + beta
         else:
           sc = m.shortcut(x, m.planes, m.stride)
         act, slope = _act(m, 'nonlinear1')
-        h = conv(packed_tree, m, 'conv1', binconv.pack_bits(m.act_binarizer(x, False)), m.stride,
+        h = conv(packed_tree, m, 'conv1', pack_input(m, x), m.stride,
                  bn=_bn(m, 'bn1'), residual=sc, activation=act, slope=slope)
         act, slope = _act(m, 'nonlinear2')
-        return conv(packed_tree, m, 'conv2', binconv.pack_bits(m.act_binarizer(h, False)), 1,
+        return conv(packed_tree, m, 'conv2', pack_input(m, h), 1,
                     bn=_bn(m, 'bn2'), residual=h, activation=act, slope=slope)
       if isinstance(m, BL.StandardBlock) and binary:
         x = args[0]
-        xp = binconv.pack_bits(m.act_binarizer(x, False))
+        xp = pack_input(m, x)
         act, slope = _act(m, 'nonlinear1')
         y = conv(packed_tree, m, 'conv1', xp, m.stride, bn=_bn(m, 'bn1'), activation=act,
                  slope=slope)
@@ -200,7 +217,7 @@ def export(model: nn.Module, variables: Dict[str, Any], *, backend: str = 'auto'
         else:
           sc = m.shortcut(x, m.planes, m.stride)
         act, slope = _act(m, 'nonlinear2')
-        return conv(packed_tree, m, 'conv2', binconv.pack_bits(m.act_binarizer(y, False)), 1,
+        return conv(packed_tree, m, 'conv2', pack_input(m, y), 1,
                     bn=_bn(m, 'bn2'), residual=sc, activation=act, slope=slope)
       if isinstance(m, BL.BinaryConv) and binary:
         if m.weight_binarizer is not None:
@@ -212,7 +229,7 @@ def export(model: nn.Module, variables: Dict[str, Any], *, backend: str = 'auto'
           raise ValueError(f'binary export: {"/".join(m.path)} needs a square kernel and stride; '
                            f'got kernel {k}, stride {s}')
         key = '/'.join(m.path)
-        return binconv.binary_conv2d(binconv.pack_bits(m.act_binarizer(args[0], False)),
+        return binconv.binary_conv2d(pack_input(m, args[0]),
                                      packed_tree[key], m.variables['params']['alpha'],
                                      stride=s[0], **kw)
       return next_fun(*args, **kwargs)

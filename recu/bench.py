@@ -17,7 +17,8 @@ results.json).
 Inference on the bit-packed kernel (``xla_ext.binconv``, ``recu.export_binary``):
 
   python -m recu.bench --binary [--nets=resnet18_imagenet,...] [--batches=1,8] [--isas=avx2,avx512]
-                       [--e2e_model=recu_resnet18] [--e2e_hw=224] [--e2e_batches=1] [--json_out=F]
+                       [--e2e_model=recu_resnet18] [--e2e_hw=224] [--e2e_batches=1]
+                       [--clock=wall|cpu] [--json_out=F]
 
 prints, per layer of :data:`BINARY_LAYER_SHAPES` (ResNet-18 ImageNet 3x3 convs, SiMaN's CIFAR
 ResNet-18 1x1/2 shortcuts, CIFAR ResNet-20, VGG-Small) and batch, XLA's float32 conv against the
@@ -170,7 +171,7 @@ def _kernel_isas(isas):
 
 def bench_binary_layers(nets=('resnet18_imagenet', 'resnet18_cifar_shortcut', 'resnet20_cifar',
                               'vgg_small_cifar'), batches=(1, 8), isas=None, repeats: int = 5,
-                        min_seconds: float = 0.02):
+                        min_seconds: float = 0.02, clock: str = 'wall'):
   """Per-layer seconds of XLA's float32 conv and of the binary kernel on the same layer.
 
   For each layer of :data:`BINARY_LAYER_SHAPES` ``nets`` and each batch: ``float`` is
@@ -180,12 +181,22 @@ def bench_binary_layers(nets=('resnet18_imagenet', 'resnet18_cifar_shortcut', 'r
   epilogue, and ``binary_with_pack`` the same from the float input, including its
   ``pack_bits`` pass. All of one layer are timed in interleaved rounds (``common.timing``).
 
+  ``clock``: 'wall' (both sides on every core, wall time) or 'cpu' (process CPU time, the kernel
+  on one thread, XLA's conv as XLA runs it): the work each side does, which a machine shared with
+  other jobs distorts far less than wall time (a descheduled thread stalls a 2-thread wall time,
+  not a CPU time). Under 'cpu' run with ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` so that
+  XLA's conv is single-threaded too (otherwise its worker threads' spin-waits count against it).
+
   Returns:
     one dict per (layer, batch, isa): ``net, layer, batch, isa, float_ms, binary_ms,
     binary_with_pack_ms, speedup, speedup_with_pack``.
   """
+  import time  # pylint: disable=g-import-not-at-top
   from xla_ext import binconv
   isas = _kernel_isas(isas)
+  if clock not in ('wall', 'cpu'):
+    raise ValueError(f"clock must be 'wall' or 'cpu'; got {clock!r}")
+  threads = 1 if clock == 'cpu' else 0
   rng = np.random.default_rng(0)
   rows = []
   for net in nets:
@@ -204,14 +215,15 @@ def bench_binary_layers(nets=('resnet18_imagenet', 'resnet18_cifar_shortcut', 'r
         fns = {'float': lambda x=x, w=w, f=fconv: f(x, w)}
         for isa in isas:
           conv = jax.jit(lambda xp, p, a, s=s, isa=isa: binconv.binary_conv2d(
-              xp, p, a, stride=s, isa=isa))
+              xp, p, a, stride=s, isa=isa, num_threads=threads))
           both = jax.jit(lambda x, p, a, s=s, isa=isa: binconv.binary_conv2d(
-              binconv.pack_bits(x), p, a, stride=s, isa=isa))
+              binconv.pack_bits(x), p, a, stride=s, isa=isa, num_threads=threads))
           fns[isa] = lambda f=conv, xp=xp: f(xp, packed, alpha)
           fns[isa + '+pack'] = lambda f=both, x=x: f(x, packed, alpha)
-        t = timing.time_interleaved(fns, repeats=repeats, min_seconds=min_seconds)
+        t = timing.time_interleaved(fns, repeats=repeats, min_seconds=min_seconds,
+                                    clock=time.process_time if clock == 'cpu' else time.perf_counter)
         for isa in isas:
-          rows.append({'net': net, 'layer': name, 'batch': b, 'isa': isa,
+          rows.append({'net': net, 'layer': name, 'batch': b, 'isa': isa, 'clock': clock,
                        'shape': f'{hw}x{hw} {ci}->{co} {k}x{k}/{s}',
                        'float_ms': 1e3 * t['float'].median, 'binary_ms': 1e3 * t[isa].median,
                        'binary_with_pack_ms': 1e3 * t[isa + '+pack'].median,
@@ -235,30 +247,61 @@ def random_trained_variables(model, image_shape, seed: int = 0):
 
 
 def bench_binary_end_to_end(fns: Dict[str, Callable], image_shape, batches=(1,),
-                            repeats: int = 5, min_seconds: float = 0.1):
+                            repeats: int = 5, min_seconds: float = 0.1, clock: str = 'wall'):
   """End-to-end seconds per forward of several ``fn(images) -> logits`` on random images.
 
   ``fns``: e.g. ``{'binary': exported, 'float': fp_forward, 'simulated': sim_forward}``, all
-  timed in interleaved rounds per batch (``common.timing``). Returns one dict per batch:
-  ``batch`` and ``<name>_ms`` for every fn.
+  timed in interleaved rounds per batch (``common.timing``) in wall time or, ``clock='cpu'``,
+  process CPU time (:func:`bench_binary_layers`). Returns one dict per batch: ``batch``,
+  ``clock`` and ``<name>_ms`` for every fn.
   """
+  import time  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   rows = []
   for b in batches:
     x = jnp.asarray(rng.standard_normal((b,) + tuple(image_shape)), jnp.float32)
     t = timing.time_interleaved({k: (lambda f=f: f(x)) for k, f in fns.items()},
-                                repeats=repeats, min_seconds=min_seconds)
-    rows.append({'batch': b, **{f'{k}_ms': 1e3 * v.median for k, v in t.items()}})
+                                repeats=repeats, min_seconds=min_seconds,
+                                clock=time.process_time if clock == 'cpu' else time.perf_counter)
+    rows.append({'batch': b, 'clock': clock, **{f'{k}_ms': 1e3 * v.median for k, v in t.items()}})
+  return rows
+
+
+def xla_conv_jit(f: Callable) -> Callable:
+  """``f`` jitted and traced with XLA's own convolutions (``common.models.layers.cpu_conv(False)``,
+  what ``COMPRESS_JAX_CPU_CONV=0`` gives), one compilation per input shape: the float baseline
+  as it ran before the oneDNN kernels, side by side with the default one in the same process."""
+  from common.models import layers
+  jf, compiled = jax.jit(f), {}
+
+  def g(x):
+    key = (tuple(x.shape), str(x.dtype))
+    if key not in compiled:
+      with layers.cpu_conv(False):
+        compiled[key] = jf.lower(x).compile()
+    return compiled[key](x)
+  return g
+
+
+def end_to_end_rows(exported, fns: Dict[str, Callable], model: str, hw: int, batches,
+                    repeats: int, clock: str = 'wall'):
+  """:func:`bench_binary_end_to_end` of ``{'binary': exported, **fns}`` plus ``model, hw, isa,
+  memory`` and ``speedup_vs_<name>`` for every other fn (``float``: the default convs, oneDNN on
+  CPU; ``float_xla``: XLA's; ``simulated``: the float {-1, +1} network)."""
+  rows = bench_binary_end_to_end({'binary': exported, **fns}, (hw, hw, 3), batches, repeats,
+                                 clock=clock)
+  for r in rows:
+    r.update(model=model, hw=hw, isa=exported.isa, memory=exported.memory(),
+             **{f'speedup_vs_{k}': r[f'{k}_ms'] / r['binary_ms'] for k in fns})
   return rows
 
 
 def recu_end_to_end(model: str = 'recu_resnet18', widths=None, hw: int = 224, batches=(1,),
-                    isa: str = 'auto', repeats: int = 5):
+                    isa: str = 'auto', repeats: int = 5, clock: str = 'wall'):
   """The exported binary ReCU network against the same graph in full precision
-  (``binary=False``: plain float convs, no binarizer, no alpha) and against the simulated
-  binary network (float convs of ``{-1, +1}``), side by side. Returns
-  :func:`bench_binary_end_to_end` rows plus ``isa``, ``speedup_vs_float``,
-  ``speedup_vs_simulated`` and the packed model's ``memory``."""
+  (``binary=False``: plain float convs, no binarizer, no alpha; with the default convs and with
+  XLA's) and against the simulated binary network (float convs of ``{-1, +1}``), side by side;
+  ``clock`` as :func:`bench_binary_layers`. Returns :func:`end_to_end_rows`."""
   from common import models
   from recu.export_binary import export_binary
   from recu.train import binarize_params
@@ -268,25 +311,23 @@ def recu_end_to_end(model: str = 'recu_resnet18', widths=None, hw: int = 224, ba
                         binary=False)
   v = random_trained_variables(bnn, shape)
   vf = random_trained_variables(fp, shape)
-  exported = export_binary(bnn, v, isa=isa)
+  exported = export_binary(bnn, v, isa=isa, num_threads=1 if clock == 'cpu' else 0)
   eff = {'params': binarize_params(v['params'], 1.0), 'batch_stats': v['batch_stats']}
-  fns = {'binary': exported,
-         'float': jax.jit(lambda x: fp.apply(vf, x, train=False)),
+  fwd = lambda x: fp.apply(vf, x, train=False)
+  fns = {'float': jax.jit(fwd), 'float_xla': xla_conv_jit(fwd),
          'simulated': jax.jit(lambda x: bnn.apply(eff, x, train=False))}
-  rows = bench_binary_end_to_end(fns, shape, batches, repeats)
-  for r in rows:
-    r.update(model=model, hw=hw, isa=exported.isa, memory=exported.memory(),
-             speedup_vs_float=r['float_ms'] / r['binary_ms'],
-             speedup_vs_simulated=r['simulated_ms'] / r['binary_ms'])
-  return rows
+  return end_to_end_rows(exported, fns, model, hw, batches, repeats, clock)
 
 
 def print_binary_rows(layer_rows, e2e_rows, cpu: str = '') -> None:
   """The per-layer table, the median speedups per (net, batch, isa), and the end-to-end rows."""
-  print(f'binary conv vs XLA float32 conv, side by side{" on " + cpu if cpu else ""}')
-  print('| net | layer | shape | batch | isa | float ms | binary ms | speedup | '
-        'with pack ms | speedup |')
-  print('|---|---|---|---|---|---|---|---|---|---|')
+  clocks = sorted({r.get('clock', 'wall') for r in layer_rows + e2e_rows})
+  print(f'binary conv vs XLA float32 conv, side by side{" on " + cpu if cpu else ""} '
+        f'({"/".join(clocks) or "wall"} time)')
+  if layer_rows:
+    print('| net | layer | shape | batch | isa | float ms | binary ms | speedup | '
+          'with pack ms | speedup |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
   for r in layer_rows:
     print(f"| {r['net']} | {r['layer']} | {r['shape']} | {r['batch']} | {r['isa']} | "
           f"{r['float_ms']:.3f} | {r['binary_ms']:.3f} | {r['speedup']:.1f}x | "
@@ -300,9 +341,11 @@ def print_binary_rows(layer_rows, e2e_rows, cpu: str = '') -> None:
           f'{np.median([r["speedup_with_pack"] for r in rs]):.2f}x with its pack pass')
   for r in e2e_rows:
     mem = r['memory']
-    print(f"end to end {r['model']} {r['hw']}x{r['hw']} batch {r['batch']} isa {r['isa']}: "
-          f"binary {r['binary_ms']:.2f} ms, float {r['float_ms']:.2f} ms, simulated "
-          f"{r['simulated_ms']:.2f} ms: {r['speedup_vs_float']:.2f}x vs float, "
+    print(f"end to end {r['model']} {r['hw']}x{r['hw']} batch {r['batch']} isa {r['isa']} "
+          f"({r['clock']} time): "
+          f"binary {r['binary_ms']:.2f} ms, float {r['float_ms']:.2f} ms (XLA convs "
+          f"{r['float_xla_ms']:.2f} ms), simulated {r['simulated_ms']:.2f} ms: "
+          f"{r['speedup_vs_float']:.2f}x vs float ({r['speedup_vs_float_xla']:.2f}x vs XLA convs), "
           f"{r['speedup_vs_simulated']:.2f}x vs simulated; weights "
           f"{mem['total_bytes'] / 2**20:.2f} MiB packed (binary "
           f"{mem['packed_weight_bytes'] / 2**20:.2f} + float {mem['fp_bytes'] / 2**20:.2f}) vs "
@@ -330,6 +373,9 @@ def add_binary_args(p, e2e_default: str) -> None:
   p.add_argument('--e2e_model', default=e2e_default, help='end-to-end network ("" = none)')
   p.add_argument('--e2e_hw', type=int, default=224)
   p.add_argument('--e2e_batches', default='1')
+  p.add_argument('--clock', default='wall', choices=('wall', 'cpu'),
+                 help='wall time on every core, or CPU time with the kernel on one thread '
+                      '(bench_binary_layers; run with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false)')
   p.add_argument('--json_out', default='', help='also write the rows as JSON here')
 
 
@@ -350,12 +396,12 @@ def run_binary(p, a, end_to_end: Callable):
   isas = [i for i in a.isas.split(',') if i.strip()] or None
   try:
     layers = bench_binary_layers(nets, _ints(p, a.batches, '--batches'), isas,
-                                 repeats=a.repeats + 2)
+                                 repeats=a.repeats + 2, clock=a.clock)
     e2e = []
     if a.e2e_model:
       for isa in (isas or _kernel_isas(None)):
         e2e += end_to_end(a.e2e_model, None, a.e2e_hw, _ints(p, a.e2e_batches, '--e2e_batches'),
-                          isa, repeats=a.repeats + 2)
+                          isa, repeats=a.repeats + 2, clock=a.clock)
   except ValueError as e:
     p.error(str(e))
   print_binary_rows(layers, e2e, timing.cpu_name())

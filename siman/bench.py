@@ -32,8 +32,8 @@ from typing import Sequence
 
 import jax
 
-from recu.bench import (add_binary_args, bench_binary_end_to_end, build_step, parse_widths,
-                        random_trained_variables, run_binary, time_interleaved)
+from recu.bench import (add_binary_args, build_step, end_to_end_rows, parse_widths,
+                        random_trained_variables, run_binary, time_interleaved, xla_conv_jit)
 from siman import siman
 from siman.configs import digits as digits_config
 from siman.train import CODES, SiMaN
@@ -72,12 +72,13 @@ def bench(model: str = 'siman_vgg_small', widths=None, batch: int = 128, hw: int
 
 
 def siman_end_to_end(model: str = 'siman_resnet18', widths=None, hw: int = 224,
-                     batches: Sequence[int] = (1,), isa: str = 'auto', repeats: int = 5):
+                     batches: Sequence[int] = (1,), isa: str = 'auto', repeats: int = 5,
+                     clock: str = 'wall'):
   """The exported binary SiMaN network against the same graph in full precision
-  (``act_binarizer='none'`` and float kernels: plain float convs, alpha kept) and against the
-  simulated binary network (``2B - 1`` kernels, centred-sign activations), side by side.
-  Returns ``recu.bench.bench_binary_end_to_end`` rows plus ``isa``, ``speedup_vs_float``,
-  ``speedup_vs_simulated`` and the packed model's ``memory``."""
+  (``act_binarizer='none'`` and float kernels: plain float convs, alpha kept; with the default
+  convs and with XLA's) and against the simulated binary network (``2B - 1`` kernels,
+  centred-sign activations), side by side; ``clock`` as ``recu.bench.bench_binary_layers``.
+  Returns ``recu.bench.end_to_end_rows``."""
   from common import models
   from siman.export_binary import export_binary
   shape = (hw, hw, 3)
@@ -88,17 +89,12 @@ def siman_end_to_end(model: str = 'siman_resnet18', widths=None, hw: int = 224,
   codes = siman.binary_codes(v['params'], 'median')
   exported = export_binary(bnn, {'params': v['params'],
                                  'batch_stats': dict(v['batch_stats'], **{CODES: codes})},
-                           isa=isa)
+                           isa=isa, num_threads=1 if clock == 'cpu' else 0)
   eff = {'params': siman.binarize_params(v['params'], codes), 'batch_stats': v['batch_stats']}
-  fns = {'binary': exported,
-         'float': jax.jit(lambda x: fp.apply(v, x, train=False)),
+  fwd = lambda x: fp.apply(v, x, train=False)
+  fns = {'float': jax.jit(fwd), 'float_xla': xla_conv_jit(fwd),
          'simulated': jax.jit(lambda x: bnn.apply(eff, x, train=False))}
-  rows = bench_binary_end_to_end(fns, shape, batches, repeats)
-  for r in rows:
-    r.update(model=model, hw=hw, isa=exported.isa, memory=exported.memory(),
-             speedup_vs_float=r['float_ms'] / r['binary_ms'],
-             speedup_vs_simulated=r['simulated_ms'] / r['binary_ms'])
-  return rows
+  return end_to_end_rows(exported, fns, model, hw, batches, repeats, clock)
 
 
 def main(argv=None):

@@ -48,6 +48,24 @@ def test_export_equals_simulated(name, widths, shape):
                                err_msg=str(path))
 
 
+@pytest.mark.parametrize('shape,offset', [((2, 14, 14, 64), 0.0), ((3, 7, 7, 40), 3.0),
+                                          ((1, 5, 5, 33), -0.7)])
+def test_centred_input_packs_the_bits_of_the_binarizer(shape, offset):
+  """``sign((a - mean) / std)`` (SiMaN's binarizer, every sample its own mean and scale) and the
+  export's ``a - mean`` pack to the same words, bit for bit; and the threshold is the sample's
+  mean, not 0 (a plain sign would differ)."""
+  from siman.export_binary import centred_per_sample   # the package exports the function's name
+  from xla_ext import binconv
+  rng = np.random.default_rng(len(shape))
+  scale = rng.uniform(0.01, 20.0, (shape[0],) + (1,) * (len(shape) - 1))
+  a = jnp.asarray(offset + scale * rng.standard_normal(shape), jnp.float32)
+  want = np.asarray(binconv.pack_bits(siman.siman_activation(a, False)))
+  np.testing.assert_array_equal(np.asarray(binconv.pack_bits(centred_per_sample(a))),
+                                want)
+  if offset:
+    assert (np.asarray(binconv.pack_bits(a)) != want).any()
+
+
 def test_export_rejects_bad_input():
   m, v, _ = _random_run('siman_resnet20', {'stem': 8, 'stages': [8, 16, 32]}, (1, 32, 32, 3))
   with pytest.raises(ValueError, match="weight_binarizer must be one of .*; got 'none'"):
