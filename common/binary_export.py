@@ -33,7 +33,6 @@ from typing import Any, Callable, Dict, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from common import binarize, transforms

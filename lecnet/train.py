@@ -32,7 +32,6 @@ class-weighted accuracy, base / old / new accuracy, PD, active gates) and
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence

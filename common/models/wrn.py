@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from common.models import layers as L
 from common.models import taps as T
