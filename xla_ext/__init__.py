@@ -27,8 +27,6 @@ the C++ handlers.
 from __future__ import annotations
 
 import ctypes
-import glob
-import os
 from typing import Optional
 
 import jax
@@ -52,51 +50,24 @@ _lib_path: Optional[str] = None
 _load_error: Optional[str] = None
 
 
-def _cache_dir() -> str:
-  return os.environ.get('XLA_EXT_CACHE_DIR') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'compress-jax', 'xla_ext')
-
-
-def _built_library() -> Optional[str]:
-  """The setup.py-built library, unless a source file changed after it was built."""
-  pattern = os.path.join(_build.HERE, '_bsmm' + _build.extension_suffix())
-  for path in glob.glob(pattern):
-    if os.path.getmtime(path) >= _build.newest_source_mtime():
-      return path
-  return None
-
-
-def _cached_library() -> str:
-  include_dir = jax.ffi.include_dir()
-  path = os.path.join(_cache_dir(), f'libbsmm-{_build.source_digest(include_dir)}.so')
-  if not os.path.exists(path):
-    _build.compile_shared_library(include_dir, path)
-  return path
+def _register(lib) -> None:
+  lib.XlaExtBsmmBestIsa.restype = ctypes.c_int64
+  lib.XlaExtBsmmIsaSupported.restype = ctypes.c_int64
+  lib.XlaExtBsmmIsaSupported.argtypes = [ctypes.c_int64]
+  jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(lib.XlaExtBlockSparseMatmul),
+                              platform='cpu')
+  jax.ffi.register_ffi_target(TARGET_NAME_CF,
+                              jax.ffi.pycapsule(lib.XlaExtBlockSparseMatmulCf), platform='cpu')
+  jax.ffi.register_ffi_target(TARGET_NAME_DW, jax.ffi.pycapsule(lib.XlaExtDepthwise3x3Cf),
+                              platform='cpu')
 
 
 def _load() -> None:
   global _lib, _lib_path, _load_error
-  errors = []
-  for finder in (_built_library, _cached_library):
-    try:
-      path = finder()
-      if path is None:
-        continue
-      lib = ctypes.cdll.LoadLibrary(path)
-      lib.XlaExtBsmmBestIsa.restype = ctypes.c_int64
-      lib.XlaExtBsmmIsaSupported.restype = ctypes.c_int64
-      lib.XlaExtBsmmIsaSupported.argtypes = [ctypes.c_int64]
-      jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(lib.XlaExtBlockSparseMatmul),
-                                  platform='cpu')
-      jax.ffi.register_ffi_target(TARGET_NAME_CF,
-                                  jax.ffi.pycapsule(lib.XlaExtBlockSparseMatmulCf), platform='cpu')
-      jax.ffi.register_ffi_target(TARGET_NAME_DW, jax.ffi.pycapsule(lib.XlaExtDepthwise3x3Cf),
-                                  platform='cpu')
-      _lib, _lib_path, _load_error = lib, path, None
-      return
-    except (OSError, RuntimeError, AttributeError) as e:  # try the next way, keep the reason
-      errors.append(f'{finder.__name__}: {e}')
-  _load_error = '; '.join(errors) or 'no library found'
+  _lib, _lib_path, _load_error = _build.load_ffi_library(
+      '_bsmm', _build.newest_source_mtime,
+      lambda: f'libbsmm-{_build.source_digest(jax.ffi.include_dir())}.so',
+      lambda path: _build.compile_shared_library(jax.ffi.include_dir(), path), _register)
 
 
 def available() -> bool:

@@ -5,13 +5,15 @@ package can be imported), and nothing but the standard library.
 """
 from __future__ import annotations
 
+import ctypes
+import glob
 import hashlib
 import os
 import shutil
 import subprocess
 import sysconfig
 import tempfile
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -167,3 +169,48 @@ def compile_conv_library(include_dir: str, out_path: str) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def cache_dir() -> str:
+  """Where libraries compiled on first import go: ``$XLA_EXT_CACHE_DIR`` or
+  ``~/.cache/compress-jax/xla_ext``."""
+  return os.environ.get('XLA_EXT_CACHE_DIR') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'compress-jax', 'xla_ext')
+
+
+def load_ffi_library(ext_name: str, newest_mtime: Callable[[], float],
+                     cache_file: Callable[[], str], compile_to: Callable[[str], None],
+                     register: Callable[[ctypes.CDLL], None]
+                     ) -> Tuple[Optional[ctypes.CDLL], Optional[str], Optional[str]]:
+  """Loads one of the FFI libraries and registers its targets: ``(lib, path, None)``, or
+  ``(None, None, why)`` when no way worked.
+
+  Tried in order: the ``setup.py``-built ``<ext_name><EXT_SUFFIX>`` next to this file, unless a
+  source changed after it was built (``newest_mtime()``); then ``cache_dir()/cache_file()``,
+  compiled there by ``compile_to(path)`` when absent. ``register(lib)`` registers the targets;
+  a failure of any step moves on to the next way and keeps its reason.
+  """
+  def built() -> Optional[str]:
+    for path in glob.glob(os.path.join(HERE, ext_name + extension_suffix())):
+      if os.path.getmtime(path) >= newest_mtime():
+        return path
+    return None
+
+  def cached() -> str:
+    path = os.path.join(cache_dir(), cache_file())
+    if not os.path.exists(path):
+      compile_to(path)
+    return path
+
+  errors = []
+  for way, finder in (('setup.py build', built), ('compiled on import', cached)):
+    try:
+      path = finder()
+      if path is None:
+        continue
+      lib = ctypes.cdll.LoadLibrary(path)
+      register(lib)
+      return lib, path, None
+    except (OSError, RuntimeError, AttributeError) as e:  # try the next way, keep the reason
+      errors.append(f'{way}: {e}')
+  return None, None, '; '.join(errors) or 'no library found'

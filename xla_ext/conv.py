@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -50,45 +49,20 @@ _lib_path: Optional[str] = None
 _load_error: Optional[str] = None
 
 
-def _cache_dir() -> str:
-  return os.environ.get('XLA_EXT_CACHE_DIR') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'compress-jax', 'xla_ext')
-
-
-def _built_library() -> Optional[str]:
-  newest = max(os.path.getmtime(os.path.join(_build.HERE, f))
-               for f in _build.CONV_SOURCES + _build.CONV_HEADERS)
-  for path in glob.glob(os.path.join(_build.HERE, '_conv' + _build.extension_suffix())):
-    if os.path.getmtime(path) >= newest:
-      return path
-  return None
-
-
-def _cached_library() -> str:
-  include_dir = jax.ffi.include_dir()
-  path = os.path.join(_cache_dir(), f'libconv-{_build.conv_source_digest(include_dir)}.so')
-  if not os.path.exists(path):
-    _build.compile_conv_library(include_dir, path)
-  return path
+def _register(lib) -> None:
+  for op, symbol in _SYMBOLS.items():
+    jax.ffi.register_ffi_target(TARGETS[op], jax.ffi.pycapsule(getattr(lib, symbol)),
+                                platform='cpu')
 
 
 def _load() -> None:
   global _lib, _lib_path, _load_error
-  errors = []
-  for finder in (_built_library, _cached_library):
-    try:
-      path = finder()
-      if path is None:
-        continue
-      lib = ctypes.cdll.LoadLibrary(path)
-      for op, symbol in _SYMBOLS.items():
-        jax.ffi.register_ffi_target(TARGETS[op], jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform='cpu')
-      _lib, _lib_path, _load_error = lib, path, None
-      return
-    except (OSError, RuntimeError, AttributeError) as e:  # try the next way, keep the reason
-      errors.append(f'{finder.__name__}: {e}')
-  _load_error = '; '.join(errors) or 'no library found'
+  newest = lambda: max(os.path.getmtime(os.path.join(_build.HERE, f))
+                       for f in _build.CONV_SOURCES + _build.CONV_HEADERS)
+  _lib, _lib_path, _load_error = _build.load_ffi_library(
+      '_conv', newest,
+      lambda: f'libconv-{_build.conv_source_digest(jax.ffi.include_dir())}.so',
+      lambda path: _build.compile_conv_library(jax.ffi.include_dir(), path), _register)
 
 
 def available() -> bool:
